@@ -1,0 +1,1 @@
+"""Latency, closed-loop and fleet benchmarks."""

@@ -1,0 +1,1 @@
+"""PyTorch world: X-VLA model definitions, checkpoint I/O, ONNX/TensorRT export."""
