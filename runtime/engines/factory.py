@@ -1,0 +1,60 @@
+"""Picks the engine for a bundle's graph from the provider flags (one decision, made at startup)."""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Sequence
+
+from xvla.runtime.engines.base import Engine, EngineError
+
+if TYPE_CHECKING:
+    from xvla.runtime.bundle import Bundle
+
+# Flags accepted by --providers: ONNX Runtime providers, plus native TensorRT plans from the bundle.
+PROVIDER_FLAGS = ("cpu", "cuda", "tensorrt", "trt-native")
+
+
+def parse_providers(spec: str | Sequence[str] | None) -> list[str]:
+    """'cuda,cpu' or ['cuda', 'cpu'] -> ['cuda', 'cpu']; None -> ['cpu']. Unknown flags are an error."""
+    if spec is None:
+        return ["cpu"]
+    items = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
+    bad = [p for p in items if p not in PROVIDER_FLAGS]
+    if bad:
+        raise EngineError(f"providers: unknown {bad}; choose from {list(PROVIDER_FLAGS)}")
+    if "trt-native" in items and len(items) > 1:
+        raise EngineError("providers: trt-native cannot be combined with onnxruntime providers")
+    return items or ["cpu"]
+
+
+def create_engine(
+    bundle: "Bundle",
+    graph: str,
+    providers: Sequence[str] = ("cpu",),
+    allow_fallback: bool = False,
+    intra_op_threads: int = 0,
+    route: str = "",
+) -> Engine:
+    """An engine for ``graph`` of ``bundle``: native TensorRT when 'trt-native' is asked, else ONNX Runtime."""
+    providers = parse_providers(list(providers))
+    precision = str(bundle.manifest.get("precision", "fp32"))
+    if providers == ["trt-native"]:
+        from xvla.runtime.engines.tensorrt_engine import TensorRTEngine, import_tensorrt, local_gpu_name
+
+        trt, _ = import_tensorrt()
+        bundle.check_tensorrt_compat(trt.__version__, local_gpu_name())
+        trt_precision = str((bundle.manifest.get("tensorrt") or {}).get("precision", precision))
+        return TensorRTEngine(bundle.tensorrt_plan(graph), graph, max_batch=bundle.max_batch,
+                              precision=trt_precision, route=route)
+    from xvla.runtime.engines.onnxruntime_engine import OnnxRuntimeEngine
+
+    return OnnxRuntimeEngine(
+        bundle.graph_file(graph),
+        graph,
+        providers=providers,
+        allow_fallback=allow_fallback,
+        intra_op_threads=intra_op_threads,
+        max_batch=bundle.max_batch,
+        precision=precision,
+        trt_cache_dir=bundle.root / "engines" / "ort_trt_cache",
+        route=route,
+    )

@@ -1,0 +1,57 @@
+"""Galaxea R1Pro: the simulator's 256-d ``robot_r1::proprio`` -> the 23-d state X-VLA's BEHAVIOR fine-tunes take.
+
+Source of the 256-d layout: BEHAVIOR-1K / OmniGibson ``omnigibson/learning/utils/eval_utils.py``,
+``PROPRIOCEPTION_INDICES["R1Pro"]`` (2025 challenge layout: joint_qpos 0:28, ..., base_qvel 253:256).
+The slices used here:
+
+    base_qvel            253:256  (3)
+    trunk_qpos           236:240  (4)
+    arm_left_qpos        158:165  (7)
+    gripper_left_qpos    193:195  (2 fingers, summed to a width)
+    arm_right_qpos       197:204  (7)
+    gripper_right_qpos   232:234  (2 fingers, summed to a width)
+
+State order: the openpi BEHAVIOR baseline (``b1k_policy.extract_state_from_proprio``) puts both
+grippers last ([base, trunk, left arm, right arm, left grip, right grip]). X-VLA's R1Pro
+action is [base 0:3, torso 3:7, left arm 7:14, left gripper 14, right arm 15:22, right
+gripper 22] and decodes delta dims as ``action[i] += state[i]``, which is only meaningful when
+the state follows the action layout. So the default here is the action-aligned order; the
+baseline order is available as ``order="b1k_baseline"`` (manifest ``preprocess.proprio.r1pro_order``).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+R1PRO_RAW_DIM = 256
+R1PRO_STATE_DIM = 23
+
+PROPRIO_SLICES: dict[str, slice] = {
+    "arm_left_qpos": slice(158, 165),
+    "gripper_left_qpos": slice(193, 195),
+    "arm_right_qpos": slice(197, 204),
+    "gripper_right_qpos": slice(232, 234),
+    "trunk_qpos": slice(236, 240),
+    "base_qvel": slice(253, 256),
+}
+
+ORDERS = ("action_aligned", "b1k_baseline")
+
+
+def r1pro_state_from_proprio(proprio: np.ndarray, order: str = "action_aligned") -> np.ndarray:
+    """[..., 256] raw proprio -> [..., 23] state (float32)."""
+    p = np.asarray(proprio, dtype=np.float32)
+    if p.shape[-1] != R1PRO_RAW_DIM:
+        raise ValueError(f"R1Pro raw proprio must have {R1PRO_RAW_DIM} values, got shape {p.shape}")
+    s = PROPRIO_SLICES
+    base, trunk = p[..., s["base_qvel"]], p[..., s["trunk_qpos"]]
+    left, right = p[..., s["arm_left_qpos"]], p[..., s["arm_right_qpos"]]
+    lg = p[..., s["gripper_left_qpos"]].sum(axis=-1, keepdims=True)
+    rg = p[..., s["gripper_right_qpos"]].sum(axis=-1, keepdims=True)
+    if order == "action_aligned":
+        parts = [base, trunk, left, lg, right, rg]
+    elif order == "b1k_baseline":
+        parts = [base, trunk, left, right, lg, rg]
+    else:
+        raise ValueError(f"unknown R1Pro state order {order!r}; choose from {ORDERS}")
+    return np.concatenate(parts, axis=-1)
