@@ -145,6 +145,8 @@ class _ActionSourceEnumTypeWrapper(_enum_type_wrapper._EnumTypeWrapper[_ActionSo
     """the queue was empty: the server waited for inference (counted as a starved tick)"""
     HOLD: _ActionSource.ValueType  # 3
     """no action could be produced in time: hold (robot should keep its state)"""
+    FIRST_CHUNK: _ActionSource.ValueType  # 4
+    """the session's first reply: the server waited for its first chunk (not a starved tick)"""
 
 class ActionSource(_ActionSource, metaclass=_ActionSourceEnumTypeWrapper): ...
 
@@ -155,6 +157,8 @@ STARVED: ActionSource.ValueType  # 2
 """the queue was empty: the server waited for inference (counted as a starved tick)"""
 HOLD: ActionSource.ValueType  # 3
 """no action could be produced in time: hold (robot should keep its state)"""
+FIRST_CHUNK: ActionSource.ValueType  # 4
+"""the session's first reply: the server waited for its first chunk (not a starved tick)"""
 Global___ActionSource: _TypeAlias = ActionSource  # noqa: Y015
 
 @_typing.final
@@ -265,6 +269,7 @@ class ExecutionSettings(_message.Message):
     ON_SKILL_CHANGE_FIELD_NUMBER: _builtins.int
     DISABLE_LATENCY_COMPENSATION_FIELD_NUMBER: _builtins.int
     NEWEST_WINS_DIMS_FIELD_NUMBER: _builtins.int
+    RTC_DELAY_FRAMES_FIELD_NUMBER: _builtins.int
     mode: Global___ExecutionMode.ValueType
     ensemble_k: _builtins.float
     """ACT weight exp(-k*i), i = 0 the oldest chunk"""
@@ -276,6 +281,8 @@ class ExecutionSettings(_message.Message):
     """flow-matching steps per chunk"""
     on_skill_change: Global___SkillChangePolicy.ValueType
     disable_latency_compensation: _builtins.bool
+    rtc_delay_frames: _builtins.int
+    """RTC: committed actions imposed as the next chunk's prefix; 0 = from measured latency"""
     @_builtins.property
     def newest_wins_dims(self) -> _containers.RepeatedScalarFieldContainer[_builtins.int]:
         """dims never blended (grippers); default from the bundle"""
@@ -291,10 +298,11 @@ class ExecutionSettings(_message.Message):
         on_skill_change: Global___SkillChangePolicy.ValueType = ...,
         disable_latency_compensation: _builtins.bool = ...,
         newest_wins_dims: _abc.Iterable[_builtins.int] | None = ...,
+        rtc_delay_frames: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["denoising_steps", b"denoising_steps", "disable_latency_compensation", b"disable_latency_compensation", "ensemble_k", b"ensemble_k", "execute_horizon", b"execute_horizon", "mode", b"mode", "newest_wins_dims", b"newest_wins_dims", "on_skill_change", b"on_skill_change", "replan_threshold", b"replan_threshold"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["denoising_steps", b"denoising_steps", "disable_latency_compensation", b"disable_latency_compensation", "ensemble_k", b"ensemble_k", "execute_horizon", b"execute_horizon", "mode", b"mode", "newest_wins_dims", b"newest_wins_dims", "on_skill_change", b"on_skill_change", "replan_threshold", b"replan_threshold", "rtc_delay_frames", b"rtc_delay_frames"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -473,6 +481,8 @@ class ActionReply(_message.Message):
     TIMINGS_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
     CHUNK_FIELD_NUMBER: _builtins.int
+    STARVED_TICKS_FIELD_NUMBER: _builtins.int
+    PLANNED_FROM_FRAME_FIELD_NUMBER: _builtins.int
     frame_index: _builtins.int
     """the observation this answers"""
     source: Global___ActionSource.ValueType
@@ -487,6 +497,10 @@ class ActionReply(_message.Message):
     """the newest chunk that contributed"""
     route: _builtins.str
     """the bundle that produced the chunk"""
+    starved_ticks: _builtins.int
+    """STARVED + HOLD replies of this session so far"""
+    planned_from_frame: _builtins.int
+    """frame of the observation the newest contributing chunk was planned from"""
     @_builtins.property
     def action(self) -> Global___Tensor:
         """[D] float32, the action to execute at frame_index"""
@@ -513,10 +527,12 @@ class ActionReply(_message.Message):
         timings: Global___StageTimings | None = ...,
         route: _builtins.str = ...,
         chunk: Global___Tensor | None = ...,
+        starved_ticks: _builtins.int = ...,
+        planned_from_frame: _builtins.int = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "chunk", b"chunk", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "chunk", b"chunk", "chunk_id", b"chunk_id", "frame_index", b"frame_index", "progress", b"progress", "queue_depth", b"queue_depth", "route", b"route", "skill", b"skill", "skill_id", b"skill_id", "source", b"source", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "chunk", b"chunk", "chunk_id", b"chunk_id", "frame_index", b"frame_index", "planned_from_frame", b"planned_from_frame", "progress", b"progress", "queue_depth", b"queue_depth", "route", b"route", "skill", b"skill", "skill_id", b"skill_id", "source", b"source", "starved_ticks", b"starved_ticks", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
