@@ -1,0 +1,496 @@
+"""The robot's connection to the policy service: channels, failover, sessions, reconnects.
+
+Three layers, each usable on its own:
+
+- :class:`AsyncPolicyClient` (asyncio): one gRPC channel per target, unary calls
+  (``Describe``, ``Infer``) and stream sessions with failover across targets. The bridges
+  use it directly on their own event loop.
+- :class:`RobotStream`: a long-lived, self-healing observation stream. It reconnects
+  with jittered backoff (trying the next target first), keeps a watchdog on unanswered
+  observations (a hung server is as dead as a killed one) and never blocks its caller:
+  ``send`` drops an observation rather than wait.
+- :class:`PolicyClient`: a thread-safe synchronous facade that runs the asyncio side on
+  a background thread, for control loops written as plain Python.
+
+Security: TLS (server or mutual) via :class:`TlsConfig`; a bearer token travels as
+``authorization: Bearer <token>`` metadata on every call.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import grpc
+from grpc import aio
+
+from xvla.agents.backoff import Backoff, BackoffConfig
+from xvla.proto import policy_pb2 as pb
+from xvla.proto import policy_pb2_grpc as pb_grpc
+
+log = logging.getLogger(__name__)
+
+# Codes after which another target (or a later attempt) may succeed.
+FAILOVER_CODES = frozenset({grpc.StatusCode.UNAVAILABLE, grpc.StatusCode.DEADLINE_EXCEEDED})
+
+
+class ServiceUnavailable(ConnectionError):
+    """No target answered; the message lists what each one said."""
+
+
+class SessionRejected(RuntimeError):
+    """A target answered but refused the session (bad header, bad token, ...); failover will not help."""
+
+    def __init__(self, target: str, code: grpc.StatusCode | None, details: str) -> None:
+        self.target, self.code, self.details = target, code, details
+        super().__init__(f"{target}: {code.name if code else 'ERROR'}: {details}")
+
+
+class StreamClosed(ConnectionError):
+    def __init__(self, code: grpc.StatusCode | None, details: str) -> None:
+        self.code, self.details = code, details
+        super().__init__(f"stream closed: {code.name if code else 'EOF'}: {details}")
+
+
+@dataclass
+class TlsConfig:
+    """PEM file paths. Without ``root_certificates`` the system roots are used."""
+
+    root_certificates: str | None = None
+    certificate_chain: str | None = None  # client certificate (mutual TLS)
+    private_key: str | None = None
+    server_name_override: str | None = None  # for certificates issued to another name (tests, IPs)
+
+    def credentials(self) -> grpc.ChannelCredentials:
+        def read(p: str | None) -> bytes | None:
+            return Path(p).read_bytes() if p else None
+
+        if bool(self.certificate_chain) != bool(self.private_key):
+            raise ValueError("tls: certificate_chain and private_key must be given together (mutual TLS)")
+        return grpc.ssl_channel_credentials(
+            root_certificates=read(self.root_certificates),
+            private_key=read(self.private_key),
+            certificate_chain=read(self.certificate_chain),
+        )
+
+
+@dataclass
+class ClientConfig:
+    targets: list[str]  # "host:port", tried in order; the next one on failure
+    token: str | None = None  # sent as "authorization: Bearer <token>"
+    tls: TlsConfig | None = None
+    connect_timeout_s: float = 2.0  # how long one target may take to accept a connection
+    rpc_timeout_s: float = 10.0  # deadline of Describe / Infer and of the session handshake
+    reply_timeout_s: float = 2.0  # an observation unanswered this long means the stream is dead
+    keepalive_time_s: float = 10.0  # HTTP/2 ping interval on idle connections
+    keepalive_timeout_s: float = 5.0  # a ping unanswered this long drops the connection
+    max_message_bytes: int = 32 * 1024 * 1024
+    backoff: BackoffConfig = field(default_factory=BackoffConfig)
+
+    def __post_init__(self) -> None:
+        if isinstance(self.targets, str):
+            self.targets = [self.targets]
+        self.targets = [t.strip() for t in self.targets if t and t.strip()]
+        if not self.targets:
+            raise ValueError("client: at least one target (HOST:PORT) is required")
+        for name in ("connect_timeout_s", "rpc_timeout_s", "reply_timeout_s", "keepalive_time_s", "keepalive_timeout_s"):
+            if getattr(self, name) <= 0:
+                raise ValueError(f"client: {name} must be > 0, got {getattr(self, name)}")
+        if self.max_message_bytes < 1024:
+            raise ValueError(f"client: max_message_bytes is too small ({self.max_message_bytes})")
+
+    def channel_options(self) -> list[tuple[str, int | str]]:
+        opts: list[tuple[str, int | str]] = [
+            ("grpc.keepalive_time_ms", int(self.keepalive_time_s * 1000)),
+            ("grpc.keepalive_timeout_ms", int(self.keepalive_timeout_s * 1000)),
+            ("grpc.keepalive_permit_without_calls", 1),
+            ("grpc.http2.max_pings_without_data", 0),
+            ("grpc.max_send_message_length", self.max_message_bytes),
+            ("grpc.max_receive_message_length", self.max_message_bytes),
+            # gRPC's own reconnect backoff starts at 1 s and grows to 120 s; ours is on top of it,
+            # so keep the channel's short or a restarted server stays unreachable for minutes.
+            ("grpc.initial_reconnect_backoff_ms", 100),
+            ("grpc.min_reconnect_backoff_ms", 100),
+            ("grpc.max_reconnect_backoff_ms", 1000),
+            ("grpc.enable_retries", 0),
+        ]
+        if self.tls and self.tls.server_name_override:
+            opts.append(("grpc.ssl_target_name_override", self.tls.server_name_override))
+        return opts
+
+    def metadata(self) -> tuple[tuple[str, str], ...]:
+        return (("authorization", f"Bearer {self.token}"),) if self.token else ()
+
+
+class StreamSession:
+    """One accepted Stream call: write observations, read replies in order."""
+
+    def __init__(self, call: aio.StreamStreamCall, accepted: pb.SessionAccepted, target: str) -> None:
+        self._call = call
+        self.accepted = accepted
+        self.target = target
+
+    @property
+    def policy(self) -> pb.DescribeResponse:
+        return self.accepted.policy
+
+    async def send(self, observation: pb.Observation) -> None:
+        await self._call.write(pb.StreamRequest(observation=observation))
+
+    async def recv(self) -> pb.ActionReply:
+        """The next reply. Note: cancelling this (e.g. by a timeout) cancels the whole call."""
+        msg = await self._call.read()
+        if msg is aio.EOF:
+            raise StreamClosed(await self._call.code(), await self._call.details() or "")
+        if not msg.HasField("action"):
+            raise StreamClosed(None, "protocol error: expected an ActionReply")
+        return msg.action
+
+    async def step(self, observation: pb.Observation, timeout: float) -> pb.ActionReply:
+        """Lock-step: send one observation and wait (at most ``timeout``) for its reply."""
+        await self.send(observation)
+        while True:
+            reply = await asyncio.wait_for(self.recv(), timeout)
+            if reply.frame_index >= observation.frame_index:
+                return reply
+
+    async def close(self) -> None:
+        try:
+            await self._call.done_writing()
+        except Exception:  # noqa: BLE001 - the call may already be dead; closing must not fail
+            pass
+        self._call.cancel()
+
+
+class AsyncPolicyClient:
+    """gRPC calls with failover across targets. Use from a single event loop."""
+
+    def __init__(self, config: ClientConfig) -> None:
+        self.config = config
+        self._channels: dict[str, aio.Channel] = {}
+        self._current = 0
+        self.failovers = 0
+
+    @property
+    def target(self) -> str:
+        return self.config.targets[self._current]
+
+    def rotate(self) -> None:
+        """Make the next target the preferred one."""
+        if len(self.config.targets) > 1:
+            self._current = (self._current + 1) % len(self.config.targets)
+            self.failovers += 1
+
+    def _channel(self, target: str) -> aio.Channel:
+        ch = self._channels.get(target)
+        if ch is None:
+            opts = self.config.channel_options()
+            if self.config.tls is not None:
+                ch = aio.secure_channel(target, self.config.tls.credentials(), options=opts)
+            else:
+                ch = aio.insecure_channel(target, options=opts)
+            self._channels[target] = ch
+        return ch
+
+    def _stub(self, target: str) -> pb_grpc.PolicyServiceStub:
+        return pb_grpc.PolicyServiceStub(self._channel(target))
+
+    async def _ready(self, target: str) -> None:
+        await asyncio.wait_for(self._channel(target).channel_ready(), self.config.connect_timeout_s)
+
+    async def _unary(self, method: str, request, timeout: float | None):
+        errors: list[str] = []
+        for _ in range(len(self.config.targets)):
+            target = self.target
+            try:
+                await self._ready(target)
+                rpc = getattr(self._stub(target), method)
+                return await rpc(request, timeout=timeout or self.config.rpc_timeout_s, metadata=self.config.metadata())
+            except aio.AioRpcError as e:
+                if e.code() not in FAILOVER_CODES:
+                    raise
+                errors.append(f"{target}: {e.code().name}: {e.details()}")
+            except asyncio.TimeoutError:
+                errors.append(f"{target}: not reachable within {self.config.connect_timeout_s:g} s")
+            self.rotate()
+        raise ServiceUnavailable(f"{method}: no policy service answered ({'; '.join(errors)})")
+
+    async def describe(self, timeout: float | None = None) -> pb.DescribeResponse:
+        return await self._unary("Describe", pb.DescribeRequest(), timeout)
+
+    async def infer(self, request: pb.InferRequest, timeout: float | None = None) -> pb.InferResponse:
+        return await self._unary("Infer", request, timeout)
+
+    async def open_stream(self, header: pb.SessionHeader) -> StreamSession:
+        """Open a session on the preferred target, failing over to the others."""
+        errors: list[str] = []
+        for _ in range(len(self.config.targets)):
+            target = self.target
+            call = None
+            try:
+                await self._ready(target)
+                call = self._stub(target).Stream(metadata=self.config.metadata())
+                await call.write(pb.StreamRequest(header=header))
+                first = await asyncio.wait_for(call.read(), self.config.rpc_timeout_s)
+                if first is aio.EOF:
+                    code, details = await call.code(), await call.details()
+                    if code not in FAILOVER_CODES:
+                        raise SessionRejected(target, code, details or "stream ended before SessionAccepted")
+                    errors.append(f"{target}: {code.name}: {details}")
+                elif not first.HasField("accepted"):
+                    call.cancel()
+                    raise SessionRejected(target, None, "protocol error: first reply is not SessionAccepted")
+                else:
+                    return StreamSession(call, first.accepted, target)
+            except aio.AioRpcError as e:
+                if e.code() not in FAILOVER_CODES:
+                    raise SessionRejected(target, e.code(), e.details() or "") from e
+                errors.append(f"{target}: {e.code().name}: {e.details()}")
+            except asyncio.TimeoutError:
+                errors.append(f"{target}: no session within the deadline")
+                if call is not None:
+                    call.cancel()
+            self.rotate()
+        raise ServiceUnavailable(f"Stream: no policy service answered ({'; '.join(errors)})")
+
+    async def close(self) -> None:
+        for ch in self._channels.values():
+            await ch.close()
+        self._channels.clear()
+
+
+@dataclass
+class StreamCounters:
+    sessions: int = 0  # sessions opened (1 + reconnects)
+    connect_failures: int = 0
+    sent: int = 0
+    replies: int = 0
+    dropped: int = 0  # observations not sent: disconnected, or replaced by a newer one
+    lost: int = 0  # sent but never answered (the stream died first)
+    bytes_sent: int = 0
+    last_error: str = ""
+    target: str = ""
+
+    @property
+    def reconnects(self) -> int:
+        return max(0, self.sessions - 1)
+
+
+ReplyCallback = Callable[[pb.ActionReply, float], None]
+StateCallback = Callable[[bool, "pb.SessionAccepted | None", str], None]
+
+
+class RobotStream:
+    """A session that survives server restarts. ``send`` is thread-safe and never blocks.
+
+    Replies are delivered by ``on_reply(reply, t_received)`` on the client's event loop;
+    connection changes by ``on_state(connected, accepted, reason)``. Keep both short.
+    """
+
+    def __init__(
+        self,
+        client: AsyncPolicyClient,
+        loop: asyncio.AbstractEventLoop,
+        header: pb.SessionHeader,
+        on_reply: ReplyCallback,
+        on_state: StateCallback | None = None,
+        queue_size: int = 2,
+    ) -> None:
+        self._client = client
+        self._loop = loop
+        self._header = header
+        self._on_reply = on_reply
+        self._on_state = on_state or (lambda c, a, r: None)
+        self._queue_size = queue_size
+        self._queue: asyncio.Queue | None = None
+        self._closing = asyncio.Event()
+        self._backoff = Backoff(client.config.backoff)
+        self.counters = StreamCounters()
+        self.connected = False
+        self._task: asyncio.Task | None = None
+
+    # -- any thread ------------------------------------------------------------------
+    def send(self, observation: pb.Observation) -> bool:
+        """Queue ``observation``; False (and counted as dropped) when there is no live session."""
+        if not self.connected:
+            self.counters.dropped += 1
+            return False
+        self._loop.call_soon_threadsafe(self._enqueue, observation)
+        return True
+
+    # -- event loop ------------------------------------------------------------------
+    def start(self) -> None:
+        self._task = self._loop.create_task(self._run())
+
+    async def aclose(self) -> None:
+        self._closing.set()
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except (asyncio.CancelledError, Exception):  # noqa: BLE001
+                pass
+
+    def _enqueue(self, observation: pb.Observation) -> None:
+        q = self._queue
+        if q is None or not self.connected:
+            self.counters.dropped += 1
+            return
+        if q.full():  # the link is slower than the robot: the newest observation wins
+            q.get_nowait()
+            self.counters.dropped += 1
+        q.put_nowait(observation)
+
+    async def _sleep(self, seconds: float) -> None:
+        try:
+            await asyncio.wait_for(self._closing.wait(), seconds)
+        except asyncio.TimeoutError:
+            pass
+
+    async def _run(self) -> None:
+        while not self._closing.is_set():
+            try:
+                session = await self._client.open_stream(self._header)
+            except (ServiceUnavailable, SessionRejected) as e:
+                self.counters.connect_failures += 1
+                self.counters.last_error = str(e)
+                await self._sleep(self._backoff.next_delay())
+                continue
+            self._backoff.reset()
+            self.counters.sessions += 1
+            self.counters.target = session.target
+            reason = await self._pump(session)
+            if not self._closing.is_set():
+                self.counters.last_error = reason
+            # Prefer another target next time: the one that just failed is the least likely to work.
+            self._client.rotate()
+
+    async def _pump(self, session: StreamSession) -> str:
+        self._queue = asyncio.Queue(maxsize=self._queue_size)
+        outstanding: deque[tuple[int, float]] = deque()
+        self.connected = True
+        self._on_state(True, session.accepted, "")
+        reply_timeout = self._client.config.reply_timeout_s
+
+        async def writer() -> None:
+            assert self._queue is not None
+            while True:
+                obs = await self._queue.get()
+                outstanding.append((obs.frame_index, time.monotonic()))
+                await session.send(obs)
+                self.counters.sent += 1
+                self.counters.bytes_sent += obs.ByteSize()
+
+        async def reader() -> None:
+            while True:
+                reply = await session.recv()
+                now = time.monotonic()
+                while outstanding and outstanding[0][0] <= reply.frame_index:
+                    outstanding.popleft()
+                self.counters.replies += 1
+                self._on_reply(reply, now)
+
+        async def watchdog() -> None:
+            while True:
+                await asyncio.sleep(min(0.05, reply_timeout / 4))
+                if outstanding and time.monotonic() - outstanding[0][1] > reply_timeout:
+                    raise StreamClosed(None, f"no reply for {reply_timeout:g} s (server hung?)")
+
+        tasks = [asyncio.ensure_future(c()) for c in (writer, reader, watchdog)]
+        reason = "closed"
+        try:
+            done, _ = await asyncio.wait(tasks, return_when=asyncio.FIRST_COMPLETED)
+            for t in done:
+                exc = t.exception()
+                if exc is not None:
+                    reason = str(exc) if not isinstance(exc, aio.AioRpcError) else f"{exc.code().name}: {exc.details()}"
+        finally:
+            self.connected = False
+            for t in tasks:
+                t.cancel()
+            await asyncio.gather(*tasks, return_exceptions=True)
+            self.counters.lost += len(outstanding)
+            queued = self._queue.qsize() if self._queue else 0
+            self.counters.dropped += queued
+            self._queue = None
+            await session.close()
+            self._on_state(False, None, reason)
+        return reason
+
+
+class PolicyClient:
+    """Synchronous, thread-safe access to the policy service (asyncio runs on a private thread)."""
+
+    def __init__(self, config: ClientConfig | Sequence[str] | str, **overrides) -> None:
+        if not isinstance(config, ClientConfig):
+            config = ClientConfig(targets=list([config] if isinstance(config, str) else config), **overrides)
+        elif overrides:
+            raise TypeError("pass either a ClientConfig or targets + keyword options, not both")
+        self.config = config
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="xvla-agent-grpc", daemon=True)
+        self._thread.start()
+        self._aclient = self._call(self._make_client())
+        self._streams: list[RobotStream] = []
+        self._closed = False
+
+    async def _make_client(self) -> AsyncPolicyClient:
+        return AsyncPolicyClient(self.config)
+
+    def _call(self, coro, timeout: float | None = None):
+        return asyncio.run_coroutine_threadsafe(coro, self._loop).result(timeout)
+
+    @property
+    def target(self) -> str:
+        return self._aclient.target
+
+    def describe(self, timeout: float | None = None) -> pb.DescribeResponse:
+        t = timeout or self.config.rpc_timeout_s
+        budget = t + self.config.connect_timeout_s * len(self.config.targets) + 1.0
+        return self._call(self._aclient.describe(t), budget)
+
+    def infer(self, request: pb.InferRequest, timeout: float | None = None) -> pb.InferResponse:
+        t = timeout or self.config.rpc_timeout_s
+        budget = t + self.config.connect_timeout_s * len(self.config.targets) + 1.0
+        return self._call(self._aclient.infer(request, t), budget)
+
+    def open_stream(
+        self, header: pb.SessionHeader, on_reply: ReplyCallback, on_state: StateCallback | None = None
+    ) -> RobotStream:
+        async def make() -> RobotStream:
+            s = RobotStream(self._aclient, self._loop, header, on_reply, on_state)
+            s.start()
+            return s
+
+        stream = self._call(make())
+        self._streams.append(stream)
+        return stream
+
+    def close_stream(self, stream: RobotStream, timeout: float = 5.0) -> None:
+        self._call(stream.aclose(), timeout)
+        if stream in self._streams:
+            self._streams.remove(stream)
+
+    def close(self) -> None:
+        if self._closed:
+            return
+        self._closed = True
+        try:
+            for s in list(self._streams):
+                self.close_stream(s)
+            self._call(self._aclient.close(), 5.0)
+        finally:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._thread.join(5.0)
+
+    def __enter__(self) -> PolicyClient:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()

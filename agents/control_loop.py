@@ -1,0 +1,311 @@
+"""The robot's fixed-rate control loop: it never waits on the network longer than a tick allows.
+
+Each tick, on a monotonic clock at ``rate_hz``:
+
+1. read the robot's observation and hand it to the encoder thread (resize + serialize
+   happen off this thread; if the link is busy the newest observation wins);
+2. wait for *this* frame's answer until the reply deadline (a fraction of the period);
+3. execute, in order of preference: the server's answer for this frame ("fresh"); else
+   the matching row of the last plan the server sent (``ActionReply.chunk``), as long as
+   an answer arrived within ``hold_timeout_s`` ("plan"); else the safe action: base
+   stopped, joints held where they are, grippers as last commanded ("safe");
+4. record the tick. Answers that come back late still refresh the plan, so the loop
+   resumes by itself when the server does.
+
+Slots the loop could not run at all (it fell a whole period behind) are "skipped":
+the clock stays on its grid instead of drifting.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import numpy as np
+
+from xvla.agents.client import PolicyClient, RobotStream
+from xvla.agents.layout import safe_action
+from xvla.agents.observation import ObservationEncoder
+from xvla.agents.robot import Robot, RobotObservation
+from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
+from xvla.agents.tensors import from_tensor
+from xvla.proto import policy_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+R1PRO_DOMAIN_ID = 19
+
+
+@dataclass
+class LoopConfig:
+    rate_hz: float = 30.0
+    reply_deadline_s: float | None = None  # wait for this frame's answer; default 60% of the period
+    hold_timeout_s: float = 0.5  # trust the held plan this long after the last answer
+    start_timeout_s: float = 5.0  # wait this long for the first session before the clock starts
+    send_poses: bool | None = None  # None: only to cameras whose spec says needs_pose
+
+    def __post_init__(self) -> None:
+        if self.rate_hz <= 0:
+            raise ValueError(f"loop: rate_hz must be > 0, got {self.rate_hz}")
+        if self.reply_deadline_s is None:
+            self.reply_deadline_s = 0.6 / self.rate_hz
+        if not 0 <= self.reply_deadline_s < 1.0 / self.rate_hz:
+            raise ValueError(f"loop: reply_deadline_s must be in [0, period), got {self.reply_deadline_s}")
+        if self.hold_timeout_s < 0:
+            raise ValueError(f"loop: hold_timeout_s must be >= 0, got {self.hold_timeout_s}")
+
+    @property
+    def period_s(self) -> float:
+        return 1.0 / self.rate_hz
+
+
+@dataclass
+class Plan:
+    start_frame: int  # the frame that row 0 is for
+    actions: np.ndarray  # [T, D]
+
+    def action_for(self, frame: int) -> np.ndarray | None:
+        i = frame - self.start_frame
+        return self.actions[i] if 0 <= i < len(self.actions) else None
+
+
+class _LatestSlot:
+    """A one-item mailbox: a newer put replaces an unread one (counted)."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._item = None
+        self.replaced = 0
+
+    def put(self, item) -> None:
+        with self._cond:
+            if self._item is not None:
+                self.replaced += 1
+            self._item = item
+            self._cond.notify()
+
+    def take(self, timeout: float):
+        with self._cond:
+            if self._item is None:
+                self._cond.wait(timeout)
+            item, self._item = self._item, None
+            return item
+
+
+def default_header(rate_hz: float = 30.0, instruction: str = "", task_id: int = -1, robot_id: str = "sim-r1pro") -> pb.SessionHeader:
+    return pb.SessionHeader(
+        robot_id=robot_id, task_id=task_id, instruction=instruction, domain_id=R1PRO_DOMAIN_ID, control_rate_hz=rate_hz
+    )
+
+
+class ControlLoop:
+    def __init__(
+        self,
+        robot: Robot,
+        client: PolicyClient,
+        header: pb.SessionHeader | None = None,
+        config: LoopConfig | None = None,
+        on_tick: Callable[[int, str, np.ndarray], None] | None = None,
+    ) -> None:
+        self.robot = robot
+        self.client = client
+        self.config = config or LoopConfig()
+        self.header = header if header is not None else default_header(self.config.rate_hz)
+        if not self.header.control_rate_hz:
+            self.header.control_rate_hz = self.config.rate_hz
+        self.on_tick = on_tick
+        self.stats = ControlStats(rate_hz=self.config.rate_hz)
+        self.policy: pb.DescribeResponse | None = None
+        self._encoder = ObservationEncoder(send_poses=self.config.send_poses)
+        self._cond = threading.Condition()
+        self._replies: dict[int, tuple[pb.ActionReply, float]] = {}
+        self._submitted: dict[int, float] = {}
+        self._acted_frame = -1
+        self._plan: Plan | None = None
+        self._last_answer_t: float | None = None
+        self._connected = threading.Event()
+        self._slot = _LatestSlot()
+        self._stop = threading.Event()
+        self._stream: RobotStream | None = None
+        self._last_action: np.ndarray | None = None
+        self._dim_error = ""
+
+    # -- callbacks from the client's event loop ----------------------------------------
+    def _on_state(self, connected: bool, accepted: pb.SessionAccepted | None, reason: str) -> None:
+        if connected and accepted is not None:
+            policy = accepted.policy
+            self.policy = policy
+            self._encoder.set_policy(policy)
+            dim = policy.action_space.dim
+            self._dim_error = (
+                f"the policy's actions have {dim} values, the robot takes {self.robot.layout.dim}"
+                if dim and dim != self.robot.layout.dim
+                else ""
+            )
+            if self._dim_error:
+                log.error("%s: its actions will not be executed", self._dim_error)
+            self._connected.set()
+        else:
+            self._connected.clear()
+            if reason:
+                log.warning("policy stream lost: %s", reason)
+
+    def _on_reply(self, reply: pb.ActionReply, t_recv: float) -> None:
+        frame = int(reply.frame_index)
+        chunk = None
+        if reply.HasField("chunk") and reply.chunk.shape:
+            try:
+                chunk = from_tensor(reply.chunk, "reply.chunk")
+                if chunk.ndim != 2:
+                    chunk = None
+            except ValueError:
+                chunk = None
+        with self._cond:
+            st = self.stats
+            st.replies += 1
+            if reply.source == pb.STARVED:
+                st.starved_replies += 1
+            t_sub = self._submitted.pop(frame, None)
+            if t_sub is not None:
+                st.rtt_ms.append((t_recv - t_sub) * 1e3)
+            self._last_answer_t = t_recv
+            if chunk is not None:
+                self._plan = Plan(frame, chunk)
+            if frame <= self._acted_frame:
+                st.late_replies += 1
+            else:
+                self._replies[frame] = (reply, t_recv)
+                self._cond.notify_all()
+
+    # -- encoder thread ------------------------------------------------------------------
+    def _encode_loop(self) -> None:
+        while not self._stop.is_set():
+            item = self._slot.take(0.05)
+            if item is None:
+                continue
+            frame, obs = item
+            stream = self._stream
+            if stream is None:
+                continue
+            if not stream.connected:
+                stream.counters.dropped += 1
+                continue
+            try:
+                enc = self._encoder.encode(frame, obs)
+            except Exception as e:  # noqa: BLE001 - a bad frame must not kill the sender
+                log.error("could not encode frame %d: %s", frame, e)
+                self.stats.last_error = f"encode: {e}"
+                continue
+            with self._cond:
+                self.stats.encode_ms.append(enc.encode_s * 1e3)
+                self.stats.raw_bytes_per_frame.append(enc.raw_bytes)
+                self.stats.wire_bytes_per_frame.append(enc.wire_bytes)
+            stream.send(enc.observation)
+
+    # -- the loop ----------------------------------------------------------------------
+    def stop(self) -> None:
+        self._stop.set()
+
+    def _choose(self, frame: int, obs: RobotObservation, deadline: float) -> tuple[str, np.ndarray]:
+        st = self.stats
+        with self._cond:
+            while frame not in self._replies and not self._stop.is_set():
+                left = deadline - time.monotonic()
+                if left <= 0:
+                    break
+                self._cond.wait(left)
+            entry = self._replies.pop(frame, None)
+            self._acted_frame = frame
+            for f in [f for f in self._replies if f < frame]:
+                del self._replies[f]
+            for f in [f for f in self._submitted if f < frame - 300]:
+                del self._submitted[f]  # answers that will never come
+            plan, last_t = self._plan, self._last_answer_t
+        if entry is not None:
+            reply = entry[0]
+            if reply.source == pb.HOLD:
+                st.server_hold_ticks += 1
+                return SAFE, safe_action(self.robot.layout, obs.state, self._last_action)
+            action = self._valid_action(reply)
+            if action is not None:
+                return FRESH, action
+        else:
+            st.missed_deadlines += 1
+        now = time.monotonic()
+        if plan is not None and last_t is not None and now - last_t <= self.config.hold_timeout_s and not self._dim_error:
+            a = plan.action_for(frame)
+            if a is not None and a.shape == (self.robot.layout.dim,) and np.all(np.isfinite(a)):
+                return PLAN, np.asarray(a, dtype=np.float32)
+        return SAFE, safe_action(self.robot.layout, obs.state, self._last_action)
+
+    def _valid_action(self, reply: pb.ActionReply) -> np.ndarray | None:
+        try:
+            a = from_tensor(reply.action, "reply.action").astype(np.float32).reshape(-1)
+        except ValueError:
+            a = None
+        if a is None or self._dim_error or a.shape[0] != self.robot.layout.dim or not np.all(np.isfinite(a)):
+            self.stats.invalid_replies += 1
+            return None
+        return a
+
+    def run(self, seconds: float | None = None, ticks: int | None = None) -> ControlStats:
+        """Run for ``seconds`` (or ``ticks``, or until :meth:`stop`); returns the statistics."""
+        cfg = self.config
+        period = cfg.period_s
+        n_slots = ticks if ticks is not None else (round(seconds * cfg.rate_hz) if seconds is not None else None)
+        self._stream = self.client.open_stream(self.header, self._on_reply, self._on_state)
+        encoder = threading.Thread(target=self._encode_loop, name="xvla-agent-encode", daemon=True)
+        encoder.start()
+        self._connected.wait(cfg.start_timeout_s)
+        st = self.stats
+        t0 = time.monotonic()
+        k = 0
+        try:
+            while not self._stop.is_set() and (n_slots is None or k < n_slots):
+                t_sched = t0 + k * period
+                now = time.monotonic()
+                if now < t_sched:
+                    time.sleep(t_sched - now)
+                    now = time.monotonic()
+                behind = int((now - t_sched) // period)
+                if behind > 0:  # keep to the grid: the slots we slept through are gone
+                    if n_slots is not None:
+                        behind = min(behind, n_slots - k)
+                    st.skipped_ticks += behind
+                    k += behind
+                    if n_slots is not None and k >= n_slots:
+                        break
+                    t_sched = t0 + k * period
+                st.jitter_ms.append((now - t_sched) * 1e3)
+                frame = k
+                obs = self.robot.read_observation()
+                with self._cond:
+                    self._submitted[frame] = time.monotonic()
+                self._slot.put((frame, obs))
+                kind, action = self._choose(frame, obs, t_sched + cfg.reply_deadline_s)
+                self.robot.apply_action(action)
+                self._last_action = action
+                st.record_tick(kind)
+                done = time.monotonic()
+                st.tick_work_ms.append((done - now) * 1e3)
+                if done - t_sched > period:
+                    st.overruns += 1
+                if self.on_tick is not None:
+                    self.on_tick(frame, kind, action)
+                k += 1
+        finally:
+            st.duration_s = time.monotonic() - t0
+            self._stop.set()
+            encoder.join(2.0)
+            stream, self._stream = self._stream, None
+            self.client.close_stream(stream)
+            c = stream.counters
+            st.observations_sent = c.sent
+            st.observations_dropped = c.dropped + self._slot.replaced
+            st.observations_lost = c.lost
+            st.sessions, st.reconnects, st.connect_failures = c.sessions, c.reconnects, c.connect_failures
+            st.last_error = st.last_error or c.last_error
+        return st

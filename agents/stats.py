@@ -1,0 +1,141 @@
+"""Control-loop statistics: every tick is accounted for, with timing distributions.
+
+The identity ``ticks == fresh + plan + safe`` always holds, and ``ticks + skipped`` is
+the number of clock slots in the run, so a report shows at a glance where each tick
+of the robot's time went.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+
+import numpy as np
+
+# One character per executed tick in ``timeline``.
+FRESH, PLAN, SAFE = "F", "P", "S"
+
+
+def _dist(samples: list[float]) -> dict[str, float]:
+    if not samples:
+        return {"n": 0}
+    a = np.asarray(samples, dtype=np.float64)
+    return {
+        "n": int(a.size),
+        "mean": round(float(a.mean()), 3),
+        "p50": round(float(np.percentile(a, 50)), 3),
+        "p95": round(float(np.percentile(a, 95)), 3),
+        "p99": round(float(np.percentile(a, 99)), 3),
+        "max": round(float(a.max()), 3),
+    }
+
+
+@dataclass
+class ControlStats:
+    rate_hz: float
+    duration_s: float = 0.0
+    ticks: int = 0  # ticks executed
+    fresh_ticks: int = 0  # executed the server's answer for this very frame
+    plan_ticks: int = 0  # answer late or lost: executed the held plan
+    safe_ticks: int = 0  # executed the safe action (no usable plan, timeout, or server HOLD)
+    server_hold_ticks: int = 0  # of safe_ticks: the server itself said HOLD
+    skipped_ticks: int = 0  # clock slots the loop never ran (it fell a whole period behind)
+    missed_deadlines: int = 0  # ticks whose answer was not there by the reply deadline
+    overruns: int = 0  # ticks whose own work took longer than one period
+    replies: int = 0
+    late_replies: int = 0  # answers that arrived after their tick had acted
+    invalid_replies: int = 0  # wrong size or non-finite actions (never executed)
+    starved_replies: int = 0  # the server had to wait for inference (ActionSource.STARVED)
+    observations_sent: int = 0
+    observations_dropped: int = 0  # never sent: disconnected, or replaced by a newer one
+    observations_lost: int = 0  # sent, but the stream died before the answer
+    sessions: int = 0
+    reconnects: int = 0
+    connect_failures: int = 0
+    last_error: str = ""
+    jitter_ms: list[float] = field(default_factory=list)  # tick start - scheduled start
+    rtt_ms: list[float] = field(default_factory=list)  # observation submitted -> its answer received
+    tick_work_ms: list[float] = field(default_factory=list)  # tick start -> action applied
+    encode_ms: list[float] = field(default_factory=list)
+    raw_bytes_per_frame: list[int] = field(default_factory=list)
+    wire_bytes_per_frame: list[int] = field(default_factory=list)
+    timeline: list[str] = field(default_factory=list)
+
+    def record_tick(self, kind: str) -> None:
+        self.ticks += 1
+        self.timeline.append(kind)
+        if kind == FRESH:
+            self.fresh_ticks += 1
+        elif kind == PLAN:
+            self.plan_ticks += 1
+        elif kind == SAFE:
+            self.safe_ticks += 1
+        else:
+            raise ValueError(f"unknown tick kind {kind!r}")
+
+    def accounted(self) -> bool:
+        return self.ticks == self.fresh_ticks + self.plan_ticks + self.safe_ticks == len(self.timeline)
+
+    def summary(self) -> dict:
+        return {
+            "rate_hz": self.rate_hz,
+            "duration_s": round(self.duration_s, 3),
+            "ticks": self.ticks,
+            "fresh_ticks": self.fresh_ticks,
+            "plan_ticks": self.plan_ticks,
+            "safe_ticks": self.safe_ticks,
+            "server_hold_ticks": self.server_hold_ticks,
+            "skipped_ticks": self.skipped_ticks,
+            "missed_deadlines": self.missed_deadlines,
+            "overruns": self.overruns,
+            "replies": self.replies,
+            "late_replies": self.late_replies,
+            "invalid_replies": self.invalid_replies,
+            "starved_replies": self.starved_replies,
+            "observations_sent": self.observations_sent,
+            "observations_dropped": self.observations_dropped,
+            "observations_lost": self.observations_lost,
+            "sessions": self.sessions,
+            "reconnects": self.reconnects,
+            "connect_failures": self.connect_failures,
+            "last_error": self.last_error,
+            "jitter_ms": _dist(self.jitter_ms),
+            "rtt_ms": _dist(self.rtt_ms),
+            "tick_work_ms": _dist(self.tick_work_ms),
+            "encode_ms": _dist(self.encode_ms),
+            "raw_bytes_per_frame": int(np.mean(self.raw_bytes_per_frame)) if self.raw_bytes_per_frame else 0,
+            "wire_bytes_per_frame": int(np.mean(self.wire_bytes_per_frame)) if self.wire_bytes_per_frame else 0,
+            "accounted": self.accounted(),
+        }
+
+    def to_json(self) -> str:
+        return json.dumps(self.summary(), indent=2)
+
+    def format(self) -> str:
+        """A human-readable report (plain text: the robot install has no rich)."""
+        s = self.summary()
+
+        def d(name: str) -> str:
+            v = s[name]
+            if not v.get("n"):
+                return f"{name:<14} -"
+            return f"{name:<14} p50 {v['p50']:8.2f}  p95 {v['p95']:8.2f}  p99 {v['p99']:8.2f}  max {v['max']:8.2f}  (n={v['n']})"
+
+        slots = self.ticks + self.skipped_ticks
+        lines = [
+            f"control loop: {self.ticks} ticks in {self.duration_s:.2f} s at {self.rate_hz:g} Hz ({slots} slots)",
+            f"  executed      fresh {self.fresh_ticks}  plan {self.plan_ticks}  safe {self.safe_ticks}"
+            f" (server HOLD {self.server_hold_ticks})",
+            f"  timing        skipped {self.skipped_ticks}  overruns {self.overruns}  missed deadlines {self.missed_deadlines}",
+            f"  replies       {self.replies}  late {self.late_replies}  invalid {self.invalid_replies}  starved {self.starved_replies}",
+            f"  observations  sent {self.observations_sent}  dropped {self.observations_dropped}  lost {self.observations_lost}",
+            f"  sessions      {self.sessions}  reconnects {self.reconnects}  connect failures {self.connect_failures}",
+            f"  bytes/frame   raw {s['raw_bytes_per_frame']:,}  wire {s['wire_bytes_per_frame']:,}",
+            "  " + d("jitter_ms"),
+            "  " + d("rtt_ms"),
+            "  " + d("tick_work_ms"),
+            "  " + d("encode_ms"),
+        ]
+        if self.last_error:
+            lines.append(f"  last error    {self.last_error}")
+        return "\n".join(lines)

@@ -1,0 +1,244 @@
+"""A small, deterministic stand-in for the policy service, for the agent's tests.
+
+It speaks the real wire contract (``proto/policy.proto``) with grpc.aio, validates what
+the agent sends the way the service does (names the offending field), and answers with
+actions that are a known function of the frame index, so a test can tell exactly which
+chunk row the robot executed. It can be slowed, stalled (stream open, no answers),
+guarded by a token, and run in-process or as a process that a test kills with SIGKILL:
+
+    python -m tests.agents.fake_server --port 0      # prints "READY <port>"
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+import threading
+import uuid
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from xvla.proto import policy_pb2 as pb
+from xvla.proto import policy_pb2_grpc as pb_grpc
+
+DIM = 23
+HORIZON = 30
+CAMERAS = (("head", 224, 224), ("left_wrist", 224, 224), ("right_wrist", 224, 224))
+
+
+def fake_action(frame: int, dim: int = DIM) -> np.ndarray:
+    """The action the fake policy plans for ``frame`` (any chunk covering it agrees)."""
+    d = np.arange(dim, dtype=np.float64)
+    return (0.1 * np.sin(0.05 * frame + 0.3 * d)).astype(np.float32)
+
+
+def fake_chunk(start: int, horizon: int = HORIZON, dim: int = DIM) -> np.ndarray:
+    return np.stack([fake_action(start + i, dim) for i in range(horizon)])
+
+
+def _tensor(a: np.ndarray) -> pb.Tensor:
+    a = np.ascontiguousarray(a, dtype=np.float32)
+    return pb.Tensor(dtype=pb.FLOAT32, shape=list(a.shape), data=a.tobytes())
+
+
+def _untensor(t: pb.Tensor) -> np.ndarray:
+    return np.frombuffer(t.data, dtype=np.float32).reshape(tuple(t.shape))
+
+
+@dataclass
+class FakeBehaviour:
+    delay_s: float = 0.0  # added before every reply
+    stall: bool = False  # stop answering (keep the stream open)
+    token: str | None = None  # require "authorization: Bearer <token>"
+    chunk_every: int = 10  # a new chunk every N observations of a session
+    needs_pose: bool = False
+    cameras: tuple = CAMERAS
+    accepted_proprio_dims: tuple = (DIM, 256)
+
+
+@dataclass
+class FakeRecord:
+    headers: list = field(default_factory=list)
+    observations: list = field(default_factory=list)  # (session_id, frame, {camera: (h, w, enc, nbytes)}, proprio_dim, has_pose)
+    infer_requests: list = field(default_factory=list)
+    sessions_closed: int = 0
+
+
+class FakePolicyService(pb_grpc.PolicyServiceServicer):
+    def __init__(self, behaviour: FakeBehaviour | None = None) -> None:
+        self.behaviour = behaviour or FakeBehaviour()
+        self.record = FakeRecord()
+
+    def describe(self) -> pb.DescribeResponse:
+        b = self.behaviour
+        return pb.DescribeResponse(
+            policy_kind="xvla",
+            model_name="fake",
+            action_space=pb.ActionSpaceSpec(
+                mode="r1pro",
+                dim=DIM,
+                gripper_dims=[14, 22],
+                accepted_proprio_dims=list(b.accepted_proprio_dims),
+            ),
+            horizon=HORIZON,
+            cameras=[pb.CameraSpec(name=n, height=h, width=w, needs_pose=b.needs_pose) for n, h, w in b.cameras],
+            control_rate_hz=30.0,
+            tasks=[pb.Task(id=0, name="turning_on_radio"), pb.Task(id=1, name="picking_up_trash")],
+            max_message_bytes=16 * 1024 * 1024,
+        )
+
+    async def _auth(self, context: aio.ServicerContext) -> None:
+        if self.behaviour.token is None:
+            return
+        md = dict(context.invocation_metadata() or ())
+        if md.get("authorization") != f"Bearer {self.behaviour.token}":
+            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
+
+    async def _check(self, obs: pb.Observation, context: aio.ServicerContext) -> dict:
+        names = {c[0] for c in self.behaviour.cameras}
+        cams = {}
+        for i, cf in enumerate(obs.cameras):
+            if cf.name not in names:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.cameras[{i}].name: unknown camera {cf.name!r}")
+            img = cf.image
+            if img.encoding == pb.RAW_RGB8 and len(img.data) != img.height * img.width * 3:
+                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.cameras[{i}].image.data: size does not match {img.height}x{img.width}x3")
+            cams[cf.name] = (img.height, img.width, img.encoding, len(img.data), cf.HasField("extrinsics") and cf.HasField("intrinsics"))
+        pdim = int(np.prod(obs.proprio.shape)) if obs.proprio.shape else 0
+        if pdim not in self.behaviour.accepted_proprio_dims:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.proprio: {pdim} values, expected one of {list(self.behaviour.accepted_proprio_dims)}")
+        return {"cameras": cams, "proprio_dim": pdim}
+
+    async def Describe(self, request, context):
+        await self._auth(context)
+        return self.describe()
+
+    async def Infer(self, request: pb.InferRequest, context):
+        await self._auth(context)
+        info = await self._check(request.observation, context)
+        self.record.infer_requests.append((request, info))
+        if self.behaviour.delay_s:
+            await asyncio.sleep(self.behaviour.delay_s)
+        return pb.InferResponse(actions=_tensor(fake_chunk(int(request.observation.frame_index))), skill="fake", route="fake")
+
+    async def Stream(self, request_iterator, context):
+        await self._auth(context)
+        session_id = ""
+        last_frame = -1
+        chunk_start = None
+        n = 0
+        try:
+            async for req in request_iterator:
+                if req.HasField("header"):
+                    if session_id:
+                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header: sent twice")
+                    session_id = req.header.session_id or uuid.uuid4().hex[:12]
+                    self.record.headers.append(req.header)
+                    yield pb.StreamResponse(accepted=pb.SessionAccepted(session_id=session_id, policy=self.describe()))
+                    continue
+                if not session_id:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header: the first message must be a SessionHeader")
+                obs = req.observation
+                frame = int(obs.frame_index)
+                if frame <= last_frame:
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.frame_index: {frame} does not increase (last {last_frame})")
+                last_frame = frame
+                info = await self._check(obs, context)
+                self.record.observations.append((session_id, frame, info["cameras"], info["proprio_dim"]))
+                while self.behaviour.stall:
+                    await asyncio.sleep(0.01)
+                if self.behaviour.delay_s:
+                    await asyncio.sleep(self.behaviour.delay_s)
+                reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=pb.QUEUE, skill="fake", route="fake")
+                if chunk_start is None or n % self.behaviour.chunk_every == 0 or frame - chunk_start >= HORIZON:
+                    chunk_start = frame
+                    reply.chunk.CopyFrom(_tensor(fake_chunk(frame)))
+                reply.queue_depth = max(0, HORIZON - 1 - (frame - chunk_start))
+                n += 1
+                yield pb.StreamResponse(action=reply)
+        finally:
+            self.record.sessions_closed += 1
+
+
+class FakeServer:
+    """The fake service on its own event-loop thread: ``with FakeServer() as s: s.target``."""
+
+    def __init__(self, behaviour: FakeBehaviour | None = None, port: int = 0, tls: tuple[bytes, bytes] | None = None) -> None:
+        self.service = FakePolicyService(behaviour)
+        self._port = port
+        self._tls = tls  # (private key PEM, certificate chain PEM)
+        self._loop = asyncio.new_event_loop()
+        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-policy-server", daemon=True)
+        self._server: aio.Server | None = None
+        self.port = 0
+
+    @property
+    def behaviour(self) -> FakeBehaviour:
+        return self.service.behaviour
+
+    @property
+    def record(self) -> FakeRecord:
+        return self.service.record
+
+    @property
+    def target(self) -> str:
+        return f"127.0.0.1:{self.port}"
+
+    async def _start(self) -> int:
+        self._server = aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+        pb_grpc.add_PolicyServiceServicer_to_server(self.service, self._server)
+        if self._tls:
+            creds = grpc.ssl_server_credentials([self._tls])
+            port = self._server.add_secure_port(f"127.0.0.1:{self._port}", creds)
+        else:
+            port = self._server.add_insecure_port(f"127.0.0.1:{self._port}")
+        await self._server.start()
+        return port
+
+    def start(self) -> FakeServer:
+        self._thread.start()
+        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+        return self
+
+    def stop(self) -> None:
+        """Stop at once, cancelling open streams (the client sees the connection go)."""
+        if self._server is not None:
+            asyncio.run_coroutine_threadsafe(self._server.stop(0), self._loop).result(10)
+            self._server = None
+        self._loop.call_soon_threadsafe(self._loop.stop)
+        self._thread.join(5)
+
+    def __enter__(self) -> FakeServer:
+        return self.start()
+
+    def __exit__(self, *exc) -> None:
+        self.stop()
+
+
+async def _serve_forever(port: int, behaviour: FakeBehaviour) -> None:
+    server = aio.server()
+    pb_grpc.add_PolicyServiceServicer_to_server(FakePolicyService(behaviour), server)
+    bound = server.add_insecure_port(f"127.0.0.1:{port}")
+    await server.start()
+    print(f"READY {bound}", flush=True)
+    await server.wait_for_termination()
+
+
+def main(argv: list[str] | None = None) -> None:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--port", type=int, default=0)
+    ap.add_argument("--delay", type=float, default=0.0)
+    ap.add_argument("--chunk-every", type=int, default=10)
+    a = ap.parse_args(argv)
+    try:
+        asyncio.run(_serve_forever(a.port, FakeBehaviour(delay_s=a.delay, chunk_every=a.chunk_every)))
+    except KeyboardInterrupt:
+        sys.exit(0)
+
+
+if __name__ == "__main__":
+    main()
