@@ -265,10 +265,9 @@ class Policy:
             feeds["skill_id"] = np.asarray(skill_id, np.int64).reshape(b)
         action_engine = self.engines["action"]
 
-        def step(x_t: np.ndarray, t: np.ndarray | float) -> np.ndarray:
-            t_arr = np.broadcast_to(np.asarray(t, np.float32).reshape(-1), (b,)).copy() if np.ndim(t) <= 1 else t
-            feeds["x_t"] = np.asarray(x_t, np.float32)
-            feeds["t"] = t_arr
+        def step(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:  # t: [B] float32
+            feeds["x_t"] = x_t
+            feeds["t"] = t
             return _run(action_engine, feeds, timings)["action"]
 
         t0 = time.perf_counter()

@@ -11,7 +11,6 @@ the ``tokenizers`` library (transformers is not on the serving path), cached.
 from __future__ import annotations
 
 import json
-import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from pathlib import Path
@@ -247,7 +246,3 @@ def check_pose(arr: np.ndarray | None, shape: tuple[int, ...], field: str) -> np
         raise InputError(f"{field}.shape", f"expected {list(shape)}, got {list(arr.shape)}")
     finite_or_error(arr, field)
     return arr.astype(np.float32)
-
-
-def is_nan(x: float) -> bool:
-    return isinstance(x, float) and math.isnan(x)
