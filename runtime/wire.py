@@ -27,6 +27,7 @@ DTYPES: dict[int, np.dtype] = {
 _TO_WIRE = {v.str: k for k, v in DTYPES.items()}
 
 ENCODINGS = {pb.RAW_RGB8: "raw_rgb8", pb.JPEG: "jpeg", pb.PNG: "png"}
+_MAGIC = {pb.JPEG: b"\xff\xd8\xff", pb.PNG: b"\x89PNG\r\n\x1a\n"}
 
 
 def tensor_to_numpy(t: pb.Tensor, field: str, allowed: Sequence[int] | None = None) -> np.ndarray:
@@ -75,8 +76,10 @@ def check_observation(obs: pb.Observation, camera_names: Sequence[str], accepted
                 raise InputError(f"{f}.image.height", f"RAW_RGB8 needs 0 < height, width <= {MAX_IMAGE_SIDE}, got {img.height}x{img.width}")
             if len(img.data) != img.height * img.width * 3:
                 raise InputError(f"{f}.image.data", f"RAW_RGB8 {img.height}x{img.width} needs {img.height * img.width * 3} bytes, got {len(img.data)}")
-        elif not img.data:
-            raise InputError(f"{f}.image.data", "empty image")
+        elif not img.data.startswith(_MAGIC[img.encoding]):
+            # a full decode happens only for the observations a chunk is planned from; the
+            # signature check catches wrong/garbled payloads on every tick at no cost
+            raise InputError(f"{f}.image.data", f"not a {ENCODINGS[img.encoding].upper()} file ({len(img.data)} bytes)")
         for name, shape in (("extrinsics", (4, 4)), ("intrinsics", (3, 3))):
             if cam.HasField(name):
                 arr = tensor_to_numpy(getattr(cam, name), f"{f}.{name}", (pb.FLOAT32, pb.FLOAT64))
