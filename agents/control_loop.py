@@ -19,6 +19,7 @@ the clock stays on its grid instead of drifting.
 from __future__ import annotations
 
 import logging
+import sys
 import threading
 import time
 from collections.abc import Callable
@@ -46,6 +47,9 @@ class LoopConfig:
     hold_timeout_s: float = 0.5  # trust the held plan this long after the last answer
     start_timeout_s: float = 5.0  # wait this long for the first session before the clock starts
     send_poses: bool | None = None  # None: only to cameras whose spec says needs_pose
+    # Python hands the GIL over every 5 ms by default; the loop thread waking from its sleep
+    # may wait that long behind the encoder or the gRPC thread. 1 ms keeps jitter small.
+    switch_interval_s: float | None = 0.001
 
     def __post_init__(self) -> None:
         if self.rate_hz <= 0:
@@ -64,7 +68,7 @@ class LoopConfig:
 
 @dataclass
 class Plan:
-    start_frame: int  # the frame that row 0 is for
+    start_frame: int  # the frame that row 0 is for (reply.frame_index + 1: the chunk is what comes next)
     actions: np.ndarray  # [T, D]
 
     def action_for(self, frame: int) -> np.ndarray | None:
@@ -150,7 +154,7 @@ class ControlLoop:
             self._connected.set()
         else:
             self._connected.clear()
-            if reason:
+            if reason and not self._stop.is_set():
                 log.warning("policy stream lost: %s", reason)
 
     def _on_reply(self, reply: pb.ActionReply, t_recv: float) -> None:
@@ -172,8 +176,8 @@ class ControlLoop:
             if t_sub is not None:
                 st.rtt_ms.append((t_recv - t_sub) * 1e3)
             self._last_answer_t = t_recv
-            if chunk is not None:
-                self._plan = Plan(frame, chunk)
+            if chunk is not None:  # the remaining plan: row 0 is for the frame after this one
+                self._plan = Plan(frame + 1, chunk)
             if frame <= self._acted_frame:
                 st.late_replies += 1
             else:
@@ -260,6 +264,9 @@ class ControlLoop:
         encoder = threading.Thread(target=self._encode_loop, name="xvla-agent-encode", daemon=True)
         encoder.start()
         self._connected.wait(cfg.start_timeout_s)
+        old_switch = sys.getswitchinterval()
+        if cfg.switch_interval_s:
+            sys.setswitchinterval(cfg.switch_interval_s)
         st = self.stats
         t0 = time.monotonic()
         k = 0
@@ -298,6 +305,7 @@ class ControlLoop:
                 k += 1
         finally:
             st.duration_s = time.monotonic() - t0
+            sys.setswitchinterval(old_switch)
             self._stop.set()
             encoder.join(2.0)
             stream, self._stream = self._stream, None

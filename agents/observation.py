@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xvla.agents.imaging import as_rgb8, resize_rgb, scale_intrinsics
+from xvla.agents.imaging import as_rgb8, check_image, resize_rgb, scale_intrinsics
 from xvla.agents.robot import RobotObservation
 from xvla.agents.tensors import to_tensor
 from xvla.proto import policy_pb2 as pb
@@ -52,10 +52,10 @@ class ObservationEncoder:
         for name, image in obs.images.items():
             if self._specs and name not in self._specs:
                 continue  # the policy does not read this camera
-            src = as_rgb8(image, field=f"images[{name!r}]")
-            raw += np.asarray(image).nbytes
+            src = check_image(image, field=f"images[{name!r}]")
+            raw += src.nbytes
             size = self.camera_size(name)
-            img = resize_rgb(src, *size) if size else np.ascontiguousarray(src)
+            img = resize_rgb(src, *size) if size else as_rgb8(src)
             cf = msg.cameras.add(name=name)
             cf.image.encoding = pb.RAW_RGB8
             cf.image.height, cf.image.width = img.shape[0], img.shape[1]

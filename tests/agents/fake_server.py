@@ -156,7 +156,8 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
                 reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=pb.QUEUE, skill="fake", route="fake")
                 if chunk_start is None or n % self.behaviour.chunk_every == 0 or frame - chunk_start >= HORIZON:
                     chunk_start = frame
-                    reply.chunk.CopyFrom(_tensor(fake_chunk(frame)))
+                    # Like the service: the remaining plan, starting at the frame after this one.
+                    reply.chunk.CopyFrom(_tensor(fake_chunk(frame + 1, HORIZON - 1)))
                 reply.queue_depth = max(0, HORIZON - 1 - (frame - chunk_start))
                 n += 1
                 yield pb.StreamResponse(action=reply)

@@ -1,0 +1,229 @@
+"""What every bridge shares: the policy connection, its description, lock-step sessions.
+
+The clients behind bridges (the BEHAVIOR harness, GR00T-style tools, X-VLA eval
+scripts) are lock-step: they send an observation and wait for its action. A bridge
+turns each such client into one policy session on the gRPC stream, numbering frames
+itself, and answers ``__action_chunk_size__`` / whole-chunk requests with the unary
+``Infer``. Transport failures get one retry on a fresh session (which may be on the
+next target); the client sees an error message only if that fails too.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from dataclasses import dataclass, field
+
+import grpc
+import numpy as np
+from grpc import aio
+
+from xvla.agents.bridges.codecs import WireError
+from xvla.agents.bridges.observations import PolicyView
+from xvla.agents.client import (
+    FAILOVER_CODES,
+    AsyncPolicyClient,
+    ClientConfig,
+    ServiceUnavailable,
+    SessionRejected,
+    StreamClosed,
+    StreamSession,
+)
+from xvla.agents.control_loop import R1PRO_DOMAIN_ID
+from xvla.agents.observation import ObservationEncoder
+from xvla.agents.tensors import from_tensor
+from xvla.proto import policy_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+
+class PolicyError(RuntimeError):
+    """The policy service could not produce an answer; the message is safe to show the client."""
+
+
+@dataclass
+class BridgeConfig:
+    host: str = "0.0.0.0"
+    port: int = 8000
+    max_message_bytes: int = 64 * 1024 * 1024  # larger requests get an error reply
+    reply_timeout_s: float = 10.0  # per action; covers a cold first chunk on a slow machine
+    describe_ttl_s: float = 30.0  # re-read Describe this often (a failover target may differ)
+    robot_id: str = "bridge"
+    domain_id: int = R1PRO_DOMAIN_ID
+    instruction: str = ""
+    execution: pb.ExecutionSettings = field(default_factory=pb.ExecutionSettings)
+
+    def header(self, task_id: int | None) -> pb.SessionHeader:
+        return pb.SessionHeader(
+            robot_id=self.robot_id,
+            task_id=-1 if task_id is None else task_id,
+            instruction=self.instruction,
+            domain_id=self.domain_id,
+            control_rate_hz=30.0,
+            execution=self.execution,
+        )
+
+
+class BridgeCore:
+    """The policy side of a bridge: one AsyncPolicyClient, a cached Describe, health."""
+
+    def __init__(self, client_config: ClientConfig, config: BridgeConfig) -> None:
+        self.config = config
+        self.client_config = client_config
+        self.client: AsyncPolicyClient | None = None  # made on the bridge's event loop
+        self._policy: PolicyView | None = None
+        self._policy_t = 0.0
+        self._lock: asyncio.Lock | None = None
+        self.counters = {"requests": 0, "errors": 0, "resets": 0}
+
+    def _client(self) -> AsyncPolicyClient:
+        if self.client is None:
+            self.client = AsyncPolicyClient(self.client_config)
+            self._lock = asyncio.Lock()
+        return self.client
+
+    async def policy(self, timeout: float = 5.0) -> PolicyView:
+        """The served policy's description (cached); raises PolicyError when no service answers."""
+        client = self._client()
+        assert self._lock is not None
+        async with self._lock:
+            if self._policy is not None and time.monotonic() - self._policy_t < self.config.describe_ttl_s:
+                return self._policy
+            try:
+                d = await client.describe(timeout)
+            except (ServiceUnavailable, aio.AioRpcError) as e:
+                if self._policy is not None:
+                    return self._policy  # stale beats nothing; the step itself will report the outage
+                raise PolicyError(f"policy service unavailable: {e}") from e
+            self._policy, self._policy_t = PolicyView.from_describe(d), time.monotonic()
+            return self._policy
+
+    async def healthy(self) -> bool:
+        try:
+            self._policy_t = 0.0  # force a fresh Describe: health must reflect the service now
+            await self.policy(timeout=1.0)
+            return True
+        except PolicyError:
+            return False
+
+    def metadata(self, protocol: str) -> dict:
+        """Sent to openpi clients on connect and by ZeroMQ ``describe``: plain msgpack types only."""
+        p = self._policy
+        meta: dict = {"server": "xvla-agent-bridge", "protocol": protocol, "supports_action_chunk": True}
+        if p is not None:
+            d = p.describe
+            meta.update(
+                policy_kind=d.policy_kind,
+                model_name=d.model_name,
+                action_dim=p.action_dim,
+                action_mode=d.action_space.mode,
+                action_names=list(d.action_space.names),
+                horizon=p.horizon,
+                control_rate_hz=d.control_rate_hz,
+                cameras={c.name: [c.height, c.width] for c in d.cameras},
+                accepted_proprio_dims=list(p.accepted_proprio_dims),
+                tasks=[{"id": t.id, "name": t.name} for t in d.tasks],  # str keys only: clients unpack strictly
+            )
+        return meta
+
+    async def close(self) -> None:
+        if self.client is not None:
+            await self.client.close()
+            self.client = None
+
+
+class LockstepSession:
+    """One lock-step client of a bridge = one policy session. Use from one task at a time."""
+
+    def __init__(self, core: BridgeCore) -> None:
+        self.core = core
+        self._session: StreamSession | None = None
+        self._task_id: int | None = None
+        self._frame = 0
+        self.encoder = ObservationEncoder()
+
+    async def prepare(self) -> PolicyView:
+        policy = await self.core.policy()
+        self.encoder.set_policy(policy.describe)
+        return policy
+
+    async def _open(self) -> StreamSession:
+        try:
+            s = await self.core._client().open_stream(self.core.config.header(self._task_id))
+        except ServiceUnavailable as e:
+            raise PolicyError(f"policy service unavailable: {e}") from e
+        except SessionRejected as e:
+            raise PolicyError(f"policy session refused: {e}") from e
+        self._frame = 0
+        return s
+
+    async def step(self, observation: pb.Observation, task_id: int | None) -> tuple[np.ndarray, pb.ActionReply]:
+        """Send one observation on the session, return the action for it."""
+        if task_id != self._task_id:  # a new task is a new episode: new session
+            await self._drop()
+            self._task_id = task_id
+        timeout = self.core.config.reply_timeout_s
+        for attempt in (0, 1):
+            if self._session is None:
+                self._session = await self._open()
+            observation.frame_index = self._frame
+            try:
+                reply = await self._session.step(observation, timeout)
+            except (StreamClosed, aio.AioRpcError, asyncio.TimeoutError) as e:
+                await self._drop()
+                code = getattr(e, "code", None)
+                code = code() if callable(code) else code
+                transient = isinstance(e, asyncio.TimeoutError) or code is None or code in FAILOVER_CODES or code == grpc.StatusCode.CANCELLED
+                if transient and attempt == 0:
+                    self.core._client().rotate()
+                    continue
+                if isinstance(e, asyncio.TimeoutError):
+                    raise PolicyError(f"the policy service did not answer within {timeout:g} s") from e
+                raise PolicyError(f"policy service error: {getattr(e, 'details', None) or e}") from e
+            self._frame += 1
+            action = from_tensor(reply.action, "reply.action").astype(np.float32).reshape(-1)
+            return action, reply
+        raise AssertionError("unreachable")
+
+    async def chunk(self, observation: pb.Observation, task_id: int | None, k: int | None = None, steps: int = 0,
+                    instruction: str | None = None, domain_id: int | None = None) -> tuple[np.ndarray, pb.InferResponse]:
+        """A whole action chunk for one observation (unary Infer): [k or T, D]."""
+        header = self.core.config.header(task_id)
+        if steps:
+            header.execution.denoising_steps = steps
+        if instruction is not None:
+            header.instruction = instruction
+        if domain_id is not None:
+            header.domain_id = domain_id
+        observation.frame_index = self._frame
+        try:
+            resp = await self.core._client().infer(
+                pb.InferRequest(session=header, observation=observation), timeout=self.core.config.reply_timeout_s
+            )
+        except ServiceUnavailable as e:
+            raise PolicyError(f"policy service unavailable: {e}") from e
+        except aio.AioRpcError as e:
+            raise PolicyError(f"policy service error: {e.code().name}: {e.details()}") from e
+        actions = from_tensor(resp.actions, "response.actions").astype(np.float32)
+        if actions.ndim != 2:
+            raise PolicyError(f"policy returned actions of shape {list(actions.shape)}, expected [T, D]")
+        if k is not None:
+            if k > len(actions):
+                raise WireError(f"__action_chunk_size__: {k} exceeds the policy's chunk of {len(actions)}")
+            actions = actions[:k]
+        self._frame += len(actions)  # the client will execute them before it asks again
+        return actions, resp
+
+    async def _drop(self) -> None:
+        s, self._session = self._session, None
+        if s is not None:
+            await s.close()
+
+    async def reset(self) -> None:
+        await self._drop()
+        self._frame = 0
+        self.core.counters["resets"] += 1
+
+    async def close(self) -> None:
+        await self._drop()

@@ -1,0 +1,152 @@
+"""The openpi / BEHAVIOR-1K websocket protocol, forwarded to the gRPC policy service.
+
+Wire behaviour (what ``openpi_client.WebsocketClientPolicy`` and the BEHAVIOR-1K
+harness expect):
+
+- ``GET /healthz`` answers 200 ``OK`` when the policy service is reachable, else 503;
+  any other path upgrades to a websocket.
+- On connect the server sends a msgpack metadata map (the client blocks on it).
+- Each binary frame is a msgpack observation map with numpy arrays (``__ndarray__``
+  encoding); the reply is ``{"action": float32[23], "server_timing": {...}, ...}``.
+  With ``__action_chunk_size__ = K`` the reply also carries ``action_chunk`` [K, 23]
+  whose first row is ``action``.
+- ``{"reset": True}`` ends the episode (the next observation starts a new session) and
+  gets no reply.
+- Errors (bad msgpack, wrong keys or shapes, a frame over the size limit, the service
+  down) are answered with a text frame, which the openpi client raises as
+  ``RuntimeError``; the connection stays open and keeps serving. Frames beyond a hard
+  cap (4x the limit) are refused by the websocket layer itself (close code 1009).
+
+One connection = one environment = one policy session.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import http
+import logging
+import time
+
+import numpy as np
+from websockets.asyncio.server import Server, ServerConnection, serve
+from websockets.exceptions import ConnectionClosed
+
+from xvla.agents.bridges.codecs import WireError, packb, unpackb
+from xvla.agents.bridges.core import BridgeConfig, BridgeCore, LockstepSession, PolicyError
+from xvla.agents.bridges.observations import chunk_size, translate
+from xvla.agents.client import ClientConfig
+from xvla.proto import policy_pb2 as pb
+
+log = logging.getLogger(__name__)
+
+PROTOCOL = "openpi-websocket"
+
+
+class OpenpiBridge:
+    def __init__(self, client_config: ClientConfig, config: BridgeConfig | None = None) -> None:
+        self.config = config or BridgeConfig()
+        self.core = BridgeCore(client_config, self.config)
+        self._server: Server | None = None
+        self.port = 0
+
+    async def _health(self, connection: ServerConnection, request):
+        if request.path.split("?")[0] == "/healthz":
+            ok = await self.core.healthy()
+            if ok:
+                return connection.respond(http.HTTPStatus.OK, "OK\n")
+            return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "policy service unavailable\n")
+        return None
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        session = LockstepSession(self.core)
+        peer = ws.remote_address
+        log.info("openpi client %s connected", peer)
+        try:
+            try:
+                await session.prepare()
+            except PolicyError as e:
+                log.warning("connected without a policy description: %s", e)
+            await ws.send(packb(self.core.metadata(PROTOCOL)))
+            prev_total_ms: float | None = None
+            while True:
+                msg = await ws.recv()
+                t0 = time.perf_counter()
+                try:
+                    reply = await self._answer(session, msg)
+                except (WireError, PolicyError) as e:
+                    self.core.counters["errors"] += 1
+                    log.info("error reply to %s: %s", peer, e)
+                    await ws.send(f"error: {e}")
+                    continue
+                if reply is None:  # reset: no reply by protocol
+                    continue
+                reply["server_timing"] = {"infer_ms": (time.perf_counter() - t0) * 1e3}
+                if prev_total_ms is not None:
+                    reply["server_timing"]["prev_total_ms"] = prev_total_ms
+                await ws.send(packb(reply))
+                prev_total_ms = (time.perf_counter() - t0) * 1e3
+        except ConnectionClosed:
+            pass
+        finally:
+            await session.close()
+            log.info("openpi client %s disconnected", peer)
+
+    async def _answer(self, session: LockstepSession, msg) -> dict | None:
+        if isinstance(msg, str):
+            raise WireError("expected binary msgpack frames, got a text frame")
+        obs = unpackb(msg, max_bytes=self.config.max_message_bytes)
+        if not isinstance(obs, dict):
+            raise WireError(f"an observation must be a map, got {type(obs).__name__}")
+        if "reset" in obs or b"reset" in obs:
+            await session.reset()
+            return None
+        self.core.counters["requests"] += 1
+        policy = await session.prepare()
+        k = chunk_size(obs, policy.horizon)
+        b = translate(obs, policy, session.encoder)
+        if k is not None:
+            actions, resp = await session.chunk(b.observation, b.task_id, k)
+            out = {"action": actions[0], "action_chunk": actions, "skill": resp.skill}
+        else:
+            action, reply = await session.step(b.observation, b.task_id)
+            out = {"action": action, "skill": reply.skill, "source": _source_name(reply.source)}
+        if b.batched:
+            out = {k_: (v[None] if isinstance(v, np.ndarray) else v) for k_, v in out.items()}
+        return out
+
+    async def start(self) -> int:
+        hard_cap = 4 * self.config.max_message_bytes
+        self._server = await serve(
+            self._handle,
+            self.config.host,
+            self.config.port,
+            process_request=self._health,
+            max_size=hard_cap,
+            compression=None,
+            ping_interval=60,
+            ping_timeout=300,
+        )
+        self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self.config.port
+        log.info("openpi websocket bridge on ws://%s:%d", self.config.host, self.port)
+        return self.port
+
+    async def stop(self) -> None:
+        if self._server is not None:
+            self._server.close()
+            await self._server.wait_closed()
+            self._server = None
+        await self.core.close()
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+
+def _source_name(source: int) -> str:
+    try:
+        return pb.ActionSource.Name(source)
+    except ValueError:
+        return str(source)

@@ -1,0 +1,191 @@
+"""``xvla-agent``: drive the simulated R1Pro against a policy service, or run a protocol bridge.
+
+    xvla-agent run --target HOST:PORT [--target HOST2:PORT] [--seconds N] [--json]
+    xvla-agent bridge openpi|zmq|http --target HOST:PORT --port N
+    xvla-agent describe --target HOST:PORT
+
+The bearer token is read from ``--token`` or, better (it stays out of ``ps``), from the
+``XVLA_TOKEN`` environment variable.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import logging
+import os
+import signal
+import sys
+
+from google.protobuf import json_format
+
+from xvla.agents.backoff import BackoffConfig
+from xvla.agents.client import ClientConfig, PolicyClient, TlsConfig
+from xvla.proto import policy_pb2 as pb
+
+MODES = {
+    "default": pb.EXECUTION_MODE_UNSPECIFIED,
+    "ensemble": pb.TEMPORAL_ENSEMBLE,
+    "receding": pb.RECEDING_HORIZON,
+    "rtc": pb.RTC,
+}
+
+
+def _add_client_args(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("policy service")
+    g.add_argument("--target", action="append", required=True, metavar="HOST:PORT",
+                   help="policy service address; repeat for failover targets (tried in order)")
+    g.add_argument("--token", default=os.environ.get("XVLA_TOKEN"), help="bearer token (default: $XVLA_TOKEN)")
+    g.add_argument("--tls-ca", help="PEM root certificates: enables TLS")
+    g.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
+    g.add_argument("--tls-key", help="PEM client private key (mutual TLS)")
+    g.add_argument("--tls-server-name", help="expected server name when it differs from the host")
+    g.add_argument("--connect-timeout", type=float, default=2.0, help="seconds per target to connect (default 2)")
+    g.add_argument("--rpc-timeout", type=float, default=10.0, help="deadline of Describe/Infer (default 10 s)")
+    g.add_argument("--reply-timeout", type=float, default=2.0,
+                   help="an observation unanswered this long means the stream is dead (default 2 s)")
+    g.add_argument("--keepalive", type=float, default=10.0, help="HTTP/2 keepalive ping interval (default 10 s)")
+    g.add_argument("--max-message-mb", type=float, default=32.0, help="gRPC message size limit (default 32 MB)")
+    g.add_argument("--backoff-max", type=float, default=2.0, help="longest reconnect delay (default 2 s)")
+
+
+def client_config(a: argparse.Namespace) -> ClientConfig:
+    tls = None
+    if a.tls_ca or a.tls_cert or a.tls_server_name:
+        tls = TlsConfig(a.tls_ca, a.tls_cert, a.tls_key, a.tls_server_name)
+    return ClientConfig(
+        targets=a.target,
+        token=a.token,
+        tls=tls,
+        connect_timeout_s=a.connect_timeout,
+        rpc_timeout_s=a.rpc_timeout,
+        reply_timeout_s=a.reply_timeout,
+        keepalive_time_s=a.keepalive,
+        max_message_bytes=int(a.max_message_mb * 1024 * 1024),
+        backoff=BackoffConfig(max_s=max(a.backoff_max, 0.05)),
+    )
+
+
+def _execution(a: argparse.Namespace) -> pb.ExecutionSettings:
+    return pb.ExecutionSettings(mode=MODES[a.mode], denoising_steps=a.steps)
+
+
+def cmd_run(a: argparse.Namespace) -> int:
+    from xvla.agents.control_loop import ControlLoop, LoopConfig, default_header
+    from xvla.agents.sim_r1pro import SimR1Pro
+
+    header = default_header(a.rate, instruction=a.instruction, task_id=a.task_id)
+    header.execution.CopyFrom(_execution(a))
+    loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout)
+    with PolicyClient(client_config(a)) as client:
+        loop = ControlLoop(SimR1Pro(), client, header, loop_cfg)
+        signal.signal(signal.SIGINT, lambda *_: loop.stop())
+        signal.signal(signal.SIGTERM, lambda *_: loop.stop())
+        stats = loop.run(seconds=a.seconds)
+    if a.json:
+        print(stats.to_json())
+    else:
+        print(stats.format())
+    return 0 if stats.ticks > 0 else 1
+
+
+def cmd_describe(a: argparse.Namespace) -> int:
+    with PolicyClient(client_config(a)) as client:
+        d = client.describe()
+    print(json_format.MessageToJson(d, preserving_proto_field_name=True))
+    return 0
+
+
+def cmd_bridge(a: argparse.Namespace) -> int:
+    from xvla.agents.bridges.core import BridgeConfig
+
+    cfg = BridgeConfig(
+        host=a.host,
+        port=a.port,
+        max_message_bytes=int(a.max_request_mb * 1024 * 1024),
+        reply_timeout_s=a.bridge_reply_timeout,
+        robot_id=f"{a.protocol}-bridge",
+        domain_id=a.domain_id,
+        instruction=a.instruction,
+        execution=_execution(a),
+    )
+    cc = client_config(a)
+    if a.protocol == "openpi":
+        from xvla.agents.bridges.openpi_ws import OpenpiBridge
+
+        bridge = OpenpiBridge(cc, cfg)
+    elif a.protocol == "zmq":
+        from xvla.agents.bridges.zmq_bridge import ZmqBridge
+
+        bridge = ZmqBridge(cc, cfg, api_token=a.api_token)
+    else:
+        from xvla.agents.bridges.http_act import HttpActBridge
+
+        bridge = HttpActBridge(cc, cfg)
+
+    async def main() -> None:
+        task = asyncio.ensure_future(bridge.serve_forever())
+        loop = asyncio.get_running_loop()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            loop.add_signal_handler(sig, task.cancel)
+        try:
+            await task
+        except asyncio.CancelledError:
+            pass
+
+    asyncio.run(main())
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    ap = argparse.ArgumentParser(prog="xvla-agent", description="X-VLA robot-side agent and protocol bridges")
+    ap.add_argument("--log-level", default="WARNING", help="DEBUG, INFO, WARNING (default), ERROR")
+    sub = ap.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", help="drive the simulated R1Pro against a policy service and print control statistics")
+    _add_client_args(run)
+    run.add_argument("--seconds", type=float, default=10.0, help="how long to run (default 10)")
+    run.add_argument("--rate", type=float, default=30.0, help="control rate in Hz (default 30)")
+    run.add_argument("--json", action="store_true", help="print the statistics as JSON")
+    run.add_argument("--instruction", default="", help="task instruction")
+    run.add_argument("--task-id", type=int, default=-1, help="task index of v20 checkpoints (-1: none)")
+    run.add_argument("--mode", choices=sorted(MODES), default="default", help="chunk execution mode")
+    run.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
+    run.add_argument("--hold-timeout", type=float, default=0.5, help="execute the held plan this long, then the safe action")
+    run.add_argument("--reply-deadline", type=float, default=None, help="wait this long for a frame's answer (default 60%% of a tick)")
+    run.set_defaults(func=cmd_run)
+
+    desc = sub.add_parser("describe", help="print what the served policy expects and produces")
+    _add_client_args(desc)
+    desc.set_defaults(func=cmd_describe)
+
+    br = sub.add_parser("bridge", help="serve a protocol other robot stacks speak, forwarding to the gRPC service")
+    br.add_argument("protocol", choices=["openpi", "zmq", "http"])
+    _add_client_args(br)
+    br.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    br.add_argument("--port", type=int, required=True, help="listen port")
+    br.add_argument("--max-request-mb", type=float, default=64.0,
+                    help="requests above this get an error reply (default 64 MB)")
+    br.add_argument("--bridge-reply-timeout", type=float, default=10.0, help="per-request wait for the service (default 10 s)")
+    br.add_argument("--domain-id", type=int, default=19, help="embodiment id (R1Pro: 19)")
+    br.add_argument("--instruction", default="", help="task instruction for sessions")
+    br.add_argument("--mode", choices=sorted(MODES), default="default", help="chunk execution mode")
+    br.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
+    br.add_argument("--api-token", default=os.environ.get("XVLA_ZMQ_TOKEN"), help="zmq: require this api_token in requests")
+    br.set_defaults(func=cmd_bridge)
+    return ap
+
+
+def main(argv: list[str] | None = None) -> int:
+    a = build_parser().parse_args(argv)
+    logging.basicConfig(level=getattr(logging, str(a.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    try:
+        return a.func(a)
+    except (ValueError, ConnectionError) as e:
+        print(f"xvla-agent: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
