@@ -51,7 +51,8 @@ def decode_image(encoding: str, data: bytes, height: int = 0, width: int = 0, fi
     raise InputError(f"{field}.encoding", f"unsupported image encoding {encoding!r} (raw_rgb8, jpeg, png)")
 
 
-_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "hamming": 5}
+# "area" (opencv's INTER_AREA) is pillow's box filter: the mean over each output pixel's footprint.
+_PIL_FILTERS = {"nearest": 0, "lanczos": 1, "bilinear": 2, "bicubic": 3, "box": 4, "area": 4, "hamming": 5}
 
 
 def resize_image(img: np.ndarray, size_hw: tuple[int, int], filter_name: str = "bicubic") -> np.ndarray:
@@ -75,10 +76,18 @@ def normalize_image(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
     return np.ascontiguousarray(x.transpose(2, 0, 1))
 
 
-def scale_intrinsics(k: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int]) -> np.ndarray:
-    """Pixel intrinsics of an image resized from ``from_hw`` to ``to_hw`` (per axis: fx, cx by width; fy, cy by height)."""
+def scale_intrinsics(k: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int], mode: str = "per_axis") -> np.ndarray:
+    """Pixel intrinsics of an image resized from ``from_hw`` to ``to_hw``.
+
+    per_axis: fx, cx scale with the width, fy, cy with the height (a plain resize);
+    uniform: both with the width factor (for pipelines that keep the aspect ratio).
+    """
     k = np.asarray(k, np.float32).copy()
     sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
+    if mode == "uniform":
+        sy = sx
+    elif mode != "per_axis":
+        raise ValueError(f"preprocess.geometry.intrinsics_scale {mode!r} unknown (per_axis, uniform)")
     k[0, :] *= sx
     k[1, :] *= sy
     k[2, :] = (0.0, 0.0, 1.0)
@@ -114,6 +123,12 @@ class ImagePreprocessor:
         self.num_views = int(spec.get("num_views", len(self.camera_names)))
         if len(self.camera_names) != self.num_views:
             raise ValueError(f"preprocess.camera_names has {len(self.camera_names)} names for num_views={self.num_views}")
+        geometry = spec.get("geometry") or {}
+        self.intrinsics_scale = str(geometry.get("intrinsics_scale", "per_axis"))
+        res = geometry.get("process_res")
+        if res is not None and int(res) not in self.size:
+            raise ValueError(f"preprocess.geometry.process_res {res} differs from image_size {list(self.size)}: "
+                             "the runtime feeds the geometry graph the VLM's image tensor")
 
     def __call__(self, cameras: Mapping[str, CameraInput], field: str = "observation.cameras") -> PreparedImages:
         unknown = sorted(set(cameras) - set(self.camera_names))
@@ -138,7 +153,7 @@ class ImagePreprocessor:
             if cam.extrinsics is not None:
                 ext[i] = cam.extrinsics
             if cam.intrinsics is not None:
-                intr[i] = scale_intrinsics(cam.intrinsics, img.shape[:2], self.size)
+                intr[i] = scale_intrinsics(cam.intrinsics, img.shape[:2], self.size, self.intrinsics_scale)
         return PreparedImages(image_input, mask, ext, intr)
 
 

@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import hashlib
+import json
+import os
+from pathlib import Path
 from typing import TYPE_CHECKING, Sequence
 
 from xvla.runtime.engines.base import Engine, EngineError
@@ -24,6 +28,14 @@ def parse_providers(spec: str | Sequence[str] | None) -> list[str]:
     if "trt-native" in items and len(items) > 1:
         raise EngineError("providers: trt-native cannot be combined with onnxruntime providers")
     return items or ["cpu"]
+
+
+def ort_trt_cache_dir(bundle: "Bundle") -> Path:
+    """Where ONNX Runtime's TensorRT provider caches engines: outside the bundle (which may be read-only and is
+    hash-checked), keyed by the bundle's file hashes so a re-export never reuses stale engines."""
+    key = hashlib.sha256(json.dumps(bundle.manifest.get("files", {}), sort_keys=True).encode()).hexdigest()[:16]
+    base = Path(os.environ.get("XVLA_CACHE_DIR", Path.home() / ".cache" / "xvla"))
+    return base / "ort_trt" / f"{bundle.name}-{key}"
 
 
 def create_engine(
@@ -55,6 +67,6 @@ def create_engine(
         intra_op_threads=intra_op_threads,
         max_batch=bundle.max_batch,
         precision=precision,
-        trt_cache_dir=bundle.root / "engines" / "ort_trt_cache",
+        trt_cache_dir=ort_trt_cache_dir(bundle),
         route=route,
     )

@@ -1,0 +1,43 @@
+"""The tiny default bundle that ``xvla-serve`` (no --bundle) and ``xvla-demo`` serve, exported once and cached.
+
+Exporting needs torch, which the serving process must not import: the export runs as a
+subprocess (``python -m xvla.export.cli --preset tiny --out DIR``), so this is the only place
+the serving side depends on the export extra, and only the first time.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+from xvla.runtime.bundle import Bundle, BundleError
+
+log = logging.getLogger(__name__)
+
+DEFAULT_ARTIFACTS = Path(os.environ.get("XVLA_ARTIFACTS", "artifacts"))
+
+
+def ensure_bundle(preset: str = "tiny", artifacts: str | Path = DEFAULT_ARTIFACTS, seed: int = 0) -> Path:
+    """``artifacts/<preset>`` as a checked bundle, exporting it first if it is missing or fails its checks."""
+    out = Path(artifacts).resolve() / preset
+    if (out / "manifest.json").is_file():
+        try:
+            Bundle.load(out)
+            return out
+        except BundleError as exc:
+            log.warning("cached bundle %s is unusable (%s): exporting again", out, exc)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    cmd = [sys.executable, "-m", "xvla.export.cli", "--preset", preset, "--out", str(out), "--seed", str(seed)]
+    log.info("exporting the %s bundle (one time): %s", preset, " ".join(cmd))
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    proc = subprocess.run(cmd, env=env, capture_output=True, text=True)
+    if proc.returncode != 0:
+        raise RuntimeError(
+            f"exporting the {preset} bundle failed (exit {proc.returncode}); needs the export extra "
+            f"(pip install -e '.[export]'):\n{proc.stdout[-2000:]}\n{proc.stderr[-4000:]}"
+        )
+    Bundle.load(out)
+    return out
