@@ -133,7 +133,10 @@ class OpenpiBridge:
     async def stop(self) -> None:
         if self._server is not None:
             self._server.close()
-            await self._server.wait_closed()
+            try:  # idle HTTP keep-alive sockets would otherwise hold shutdown for websockets' 10 s close timeout
+                await asyncio.wait_for(self._server.wait_closed(), 2.0)
+            except asyncio.TimeoutError:
+                log.warning("some connections did not close within 2 s")
             self._server = None
         await self.core.close()
 
