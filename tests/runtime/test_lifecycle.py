@@ -103,3 +103,33 @@ async def test_sessions_share_batched_engine_calls(tmp_path):
     assert max(vlm.batch_sizes) > 1 and max(act.batch_sizes) > 1
     assert sum(act.batch_sizes) > len(act.batch_sizes)
     assert 'xvla_batch_size_count{graph="action"}' in metrics
+
+
+async def test_metrics_endpoint_and_reflection(tmp_path):
+    import urllib.request
+
+    from grpc_reflection.v1alpha import reflection_pb2, reflection_pb2_grpc
+
+    pol = fake_policy(tmp_path / "fake")
+    server = PolicyServer(RoutingTable.single(tmp_path / "fake"), ServiceConfig(), metrics_port=0,
+                          policy_factory=fake_factory({"default": pol}))
+    port = await server.start()
+    rng = np.random.default_rng(0)
+    res = await run_stream(f"127.0.0.1:{port}", pb.SessionHeader(task_id=-1),
+                           lambda f: synthetic_observation(f, CAMS, FAKE_D, rng, float(f)), n=20, rate_hz=None)
+    assert res.code == grpc.StatusCode.OK
+    text = await asyncio.get_running_loop().run_in_executor(
+        None, lambda: urllib.request.urlopen(f"http://127.0.0.1:{server.metrics_port}/metrics", timeout=5).read().decode())
+    assert 'xvla_ticks_total{source="QUEUE"}' in text and 'xvla_stage_seconds_count{route="default",stage="vlm"}' in text
+    assert "xvla_sessions 0.0" in text  # the stream has closed
+    async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+        stub = reflection_pb2_grpc.ServerReflectionStub(ch)
+
+        async def reqs():
+            yield reflection_pb2.ServerReflectionRequest(list_services="")
+
+        names = []
+        async for r in stub.ServerReflectionInfo(reqs()):
+            names = [s.name for s in r.list_services_response.service]
+    assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
+    await server.stop(grace=1)
