@@ -1,0 +1,53 @@
+"""The deployment files call the real CLIs with flags those CLIs accept, so they cannot drift silently."""
+
+from __future__ import annotations
+
+import json
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+import yaml
+
+from xvla.runtime.cli import build_parser as serve_parser
+
+DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
+
+
+def _k8s_docs() -> list[dict]:
+    return [d for d in yaml.safe_load_all((DEPLOY / "k8s" / "policy-server.yaml").read_text()) if d]
+
+
+def test_k8s_container_args_parse_and_ports_match() -> None:
+    deployment = next(d for d in _k8s_docs() if d["kind"] == "Deployment")
+    container = deployment["spec"]["template"]["spec"]["containers"][0]
+    args = serve_parser().parse_args(container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert args.port == ports["grpc"] == container["readinessProbe"]["grpc"]["port"]
+    assert args.metrics_port == ports["metrics"]
+    annotations = deployment["spec"]["template"]["metadata"]["annotations"]
+    assert int(annotations["prometheus.io/port"]) == args.metrics_port
+    service = next(d for d in _k8s_docs() if d["kind"] == "Service")
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == set(ports)
+
+
+def test_serve_dockerfile_entrypoint_parses() -> None:
+    text = (DEPLOY / "docker" / "Dockerfile.serve").read_text()
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    assert entry[0] == "xvla-serve"
+    args = serve_parser().parse_args(entry[1:])
+    exposed = {int(p) for p in re.search(r"^EXPOSE (.*)$", text, re.M).group(1).split()}
+    assert {args.port, args.metrics_port} == exposed
+
+
+def test_slurm_job_runs_xvla_serve_with_valid_flags() -> None:
+    line = next(l for l in (DEPLOY / "slurm" / "serve.sbatch").read_text().splitlines() if l.startswith("srun "))
+    argv = shlex.split(line.replace('"$BUNDLE"', "/b").replace('"$PORT"', "50051"))
+    assert argv[:2] == ["srun", "xvla-serve"]
+    serve_parser().parse_args(argv[2:])
+
+
+@pytest.mark.parametrize("script", ["xvla-serve", "xvla-agent", "xvla-export"])
+def test_console_scripts_declared(script: str) -> None:
+    assert f'{script} = "xvla.' in (DEPLOY.parent / "pyproject.toml").read_text()
