@@ -37,6 +37,9 @@ PROPRIO_SLICES: dict[str, slice] = {
 
 ORDERS = ("action_aligned", "b1k_baseline")
 
+# The 23-d action: base 0:3, torso 3:7, left arm 7:14, left gripper 14, right arm 15:22, right gripper 22.
+R1PRO_GRIPPER_DIMS = (14, 22)
+
 
 def r1pro_state_from_proprio(proprio: np.ndarray, order: str = "action_aligned") -> np.ndarray:
     """[..., 256] raw proprio -> [..., 23] state (float32)."""

@@ -27,10 +27,9 @@ import numpy as np
 
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.execution import ActionPlan, ExecutionConfig, ExecutionMode, SkillChange
-from xvla.runtime.inverse_postprocess import unpostprocess_actions
-from xvla.runtime.policy import Timings
 from xvla.runtime.preprocess import InputError
-from xvla.runtime.skills import SkillDecision, SkillGate
+from xvla.runtime.r1pro import R1PRO_GRIPPER_DIMS, R1PRO_STATE_DIM
+from xvla.runtime.skills import SkillGate
 from xvla.runtime.wire import check_observation, decode_cameras, numpy_to_tensor
 
 if TYPE_CHECKING:
@@ -106,7 +105,6 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         raise InputError(f"{field}.execution.on_skill_change", f"unknown value {ex.on_skill_change}")
     d = service.config.execution
     default_change = SkillChange(service.routes.on_skill_change) if service.routes else d.on_skill_change
-    space = gate.bundle.action_space
     cfg = ExecutionConfig(
         mode=MODES.get(ex.mode, d.mode),
         ensemble_k=ex.ensemble_k if ex.ensemble_k else d.ensemble_k,
@@ -115,8 +113,7 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         denoising_steps=ex.denoising_steps or gate.bundle.default_steps,
         on_skill_change=SKILL_CHANGES.get(ex.on_skill_change, default_change),
         latency_compensation=not ex.disable_latency_compensation,
-        newest_wins_dims=tuple(ex.newest_wins_dims) or tuple(int(i) for i in space.get("gripper_dims", [])
-                                                              if int(i) < gate.dim),
+        newest_wins_dims=tuple(ex.newest_wins_dims) or default_newest_wins(gate.bundle.manifest),
         rtc_delay_frames=ex.rtc_delay_frames,
     )
     try:
@@ -125,6 +122,19 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         raise InputError(f"{field}.{str(exc).split(' ')[0]}", str(exc).split(" ", 1)[1]) from None
     return SessionTarget(task_id, int(header.domain_id), header.instruction, forced_skill, forced_route,
                          int(cfg.denoising_steps), float(rate), cfg)
+
+
+def default_newest_wins(manifest: dict) -> tuple[int, ...]:
+    """Dims never blended by default: the bundle's gripper dims; for the 23-d R1Pro action (whose
+    manifest lists no gripper dims: auto mode does not zero them) its two grippers, as BEHAVIOR's baseline."""
+    space = manifest["action_space"]
+    dim = int(space["dim"])
+    grippers = tuple(int(i) for i in space.get("gripper_dims", []) if int(i) < dim)
+    if grippers:
+        return grippers
+    if dim == R1PRO_STATE_DIM and (manifest.get("preprocess", {}).get("proprio") or {}).get("r1pro_raw_dim"):
+        return R1PRO_GRIPPER_DIMS
+    return ()
 
 
 class Session:
@@ -277,8 +287,3 @@ class Session:
         return {"session": self.id, "robot": self.robot_id, "replies": self.replies, "chunks": self.chunks,
                 "starved_ticks": self.starved_ticks, "dropped_stale_actions": self.plan.dropped_stale_actions}
 
-
-def decision_tuple(decision: SkillDecision | None) -> tuple[int, str, float]:
-    if decision is None:
-        return -1, "", math.nan
-    return decision.skill_id, decision.name, decision.progress

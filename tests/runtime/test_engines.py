@@ -67,11 +67,10 @@ def test_provider_flags():
 
 
 def test_native_tensorrt_missing_says_what_to_install(tmp_path):
-    try:
-        import tensorrt  # noqa: F401
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("tensorrt is installed here")
-    except ImportError:
-        pass
     from xvla.runtime.engines.tensorrt_engine import TensorRTEngine
 
     with pytest.raises(ProviderUnavailableError, match="pip install tensorrt"):

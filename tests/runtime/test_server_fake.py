@@ -7,14 +7,11 @@ chunk on the frame axis (latency compensation), any lost/reordered reply, shows 
 
 from __future__ import annotations
 
-import asyncio
-
 import grpc
 import numpy as np
 import pytest
 
 from xvla.proto import policy_pb2 as pb
-from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
 from xvla.runtime.stream_client import run_stream, synthetic_observation
