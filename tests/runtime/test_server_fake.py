@@ -164,3 +164,25 @@ async def test_forced_skill_header(tmp_path):
     assert res.code == grpc.StatusCode.OK, res.details
     assert res.ticks[0].reply.skill == "press" and res.ticks[0].reply.skill_id == 2
     assert res.ticks[0].action == pytest.approx(np.full(FAKE_D, 200.0))
+
+
+async def test_jpeg_png_at_any_size_and_float64_proprio(tmp_path):
+    import cv2
+
+    bg, _ = single(tmp_path)
+    img = np.random.default_rng(0).integers(0, 256, (30, 40, 3), dtype=np.uint8)
+    jpeg = cv2.imencode(".jpg", img)[1].tobytes()
+    png = cv2.imencode(".png", img)[1].tobytes()
+
+    def make(frame):
+        o = pb.Observation(frame_index=frame)
+        o.cameras.add(name="head", image=pb.Image(encoding=pb.JPEG, data=jpeg))
+        o.cameras.add(name="left_wrist", image=pb.Image(encoding=pb.PNG, data=png))
+        from xvla.runtime.wire import numpy_to_tensor
+        o.proprio.CopyFrom(numpy_to_tensor(np.full(FAKE_D, float(frame), np.float64)))  # float64 accepted
+        return o
+
+    async with bg as (server, port):
+        res = await run_stream(f"127.0.0.1:{port}", pb.SessionHeader(task_id=-1), make, n=12, rate_hz=None)
+    assert res.code == grpc.StatusCode.OK, res.details
+    assert all(t.action == pytest.approx(np.full(FAKE_D, t.frame)) for t in res.ticks)
