@@ -358,8 +358,8 @@ class RobotStream:
             try:
                 session = await self._client.open_stream(self._header)
             except (ServiceUnavailable, SessionRejected) as e:
+                self.counters.last_error = str(e)  # before the count: readers poll the count
                 self.counters.connect_failures += 1
-                self.counters.last_error = str(e)
                 await self._sleep(self._backoff.next_delay())
                 continue
             self._backoff.reset()
@@ -415,9 +415,9 @@ class RobotStream:
             for t in tasks:
                 t.cancel()
             await asyncio.gather(*tasks, return_exceptions=True)
-            self.counters.lost += len(outstanding)
-            queued = self._queue.qsize() if self._queue else 0
-            self.counters.dropped += queued
+            if not self._closing.is_set():  # at a normal close the last answers are simply not awaited
+                self.counters.lost += len(outstanding)
+                self.counters.dropped += self._queue.qsize() if self._queue else 0
             self._queue = None
             await session.close()
             self._on_state(False, None, reason)

@@ -31,6 +31,7 @@ from xvla.agents.client import PolicyClient, RobotStream
 from xvla.agents.layout import safe_action
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.robot import Robot, RobotObservation
+from xvla.agents.scheduling import lower_current_thread, raise_current_thread
 from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
 from xvla.agents.tensors import from_tensor
 from xvla.proto import policy_pb2 as pb
@@ -50,6 +51,9 @@ class LoopConfig:
     # Python hands the GIL over every 5 ms by default; the loop thread waking from its sleep
     # may wait that long behind the encoder or the gRPC thread. 1 ms keeps jitter small.
     switch_interval_s: float | None = 0.001
+    # SCHED_FIFO priority for the loop thread while it runs (best effort, needs CAP_SYS_NICE;
+    # falls back to nice -5, or nothing). None leaves scheduling alone.
+    realtime_priority: int | None = 10
 
     def __post_init__(self) -> None:
         if self.rate_hz <= 0:
@@ -186,6 +190,7 @@ class ControlLoop:
 
     # -- encoder thread ------------------------------------------------------------------
     def _encode_loop(self) -> None:
+        lower_current_thread(5)  # bulk work: yield the CPU to the control thread
         while not self._stop.is_set():
             item = self._slot.take(0.05)
             if item is None:
@@ -268,6 +273,9 @@ class ControlLoop:
         if cfg.switch_interval_s:
             sys.setswitchinterval(cfg.switch_interval_s)
         st = self.stats
+        undo_sched = lambda: None  # noqa: E731
+        if cfg.realtime_priority is not None:
+            st.scheduling, undo_sched = raise_current_thread(cfg.realtime_priority)
         t0 = time.monotonic()
         k = 0
         try:
@@ -306,6 +314,7 @@ class ControlLoop:
         finally:
             st.duration_s = time.monotonic() - t0
             sys.setswitchinterval(old_switch)
+            undo_sched()
             self._stop.set()
             encoder.join(2.0)
             stream, self._stream = self._stream, None

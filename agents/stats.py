@@ -53,6 +53,7 @@ class ControlStats:
     reconnects: int = 0
     connect_failures: int = 0
     last_error: str = ""
+    scheduling: str = "default"  # what the loop thread ran with (SCHED_FIFO:10, nice:-5, default)
     jitter_ms: list[float] = field(default_factory=list)  # tick start - scheduled start
     rtt_ms: list[float] = field(default_factory=list)  # observation submitted -> its answer received
     tick_work_ms: list[float] = field(default_factory=list)  # tick start -> action applied
@@ -99,6 +100,7 @@ class ControlStats:
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
             "last_error": self.last_error,
+            "scheduling": self.scheduling,
             "jitter_ms": _dist(self.jitter_ms),
             "rtt_ms": _dist(self.rtt_ms),
             "tick_work_ms": _dist(self.tick_work_ms),
@@ -123,7 +125,8 @@ class ControlStats:
 
         slots = self.ticks + self.skipped_ticks
         lines = [
-            f"control loop: {self.ticks} ticks in {self.duration_s:.2f} s at {self.rate_hz:g} Hz ({slots} slots)",
+            f"control loop: {self.ticks} ticks in {self.duration_s:.2f} s at {self.rate_hz:g} Hz ({slots} slots,"
+            f" thread {self.scheduling})",
             f"  executed      fresh {self.fresh_ticks}  plan {self.plan_ticks}  safe {self.safe_ticks}"
             f" (server HOLD {self.server_hold_ticks})",
             f"  timing        skipped {self.skipped_ticks}  overruns {self.overruns}  missed deadlines {self.missed_deadlines}",

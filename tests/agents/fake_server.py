@@ -53,6 +53,7 @@ def _untensor(t: pb.Tensor) -> np.ndarray:
 class FakeBehaviour:
     delay_s: float = 0.0  # added before every reply
     stall: bool = False  # stop answering (keep the stream open)
+    hold: bool = False  # answer every observation with ActionSource.HOLD
     token: str | None = None  # require "authorization: Bearer <token>"
     chunk_every: int = 10  # a new chunk every N observations of a session
     needs_pose: bool = False
@@ -98,20 +99,26 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
         if md.get("authorization") != f"Bearer {self.behaviour.token}":
             await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
 
-    async def _check(self, obs: pb.Observation, context: aio.ServicerContext) -> dict:
+    def _problem(self, obs: pb.Observation) -> tuple[str, dict]:
         names = {c[0] for c in self.behaviour.cameras}
         cams = {}
         for i, cf in enumerate(obs.cameras):
             if cf.name not in names:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.cameras[{i}].name: unknown camera {cf.name!r}")
+                return f"observation.cameras[{i}].name: unknown camera {cf.name!r}", {}
             img = cf.image
             if img.encoding == pb.RAW_RGB8 and len(img.data) != img.height * img.width * 3:
-                await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.cameras[{i}].image.data: size does not match {img.height}x{img.width}x3")
+                return f"observation.cameras[{i}].image.data: size does not match {img.height}x{img.width}x3", {}
             cams[cf.name] = (img.height, img.width, img.encoding, len(img.data), cf.HasField("extrinsics") and cf.HasField("intrinsics"))
         pdim = int(np.prod(obs.proprio.shape)) if obs.proprio.shape else 0
         if pdim not in self.behaviour.accepted_proprio_dims:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.proprio: {pdim} values, expected one of {list(self.behaviour.accepted_proprio_dims)}")
-        return {"cameras": cams, "proprio_dim": pdim}
+            return f"observation.proprio: {pdim} values, expected one of {list(self.behaviour.accepted_proprio_dims)}", {}
+        return "", {"cameras": cams, "proprio_dim": pdim}
+
+    async def _check(self, obs: pb.Observation, context: aio.ServicerContext) -> dict:
+        problem, info = self._problem(obs)
+        if problem:
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
+        return info
 
     async def Describe(self, request, context):
         await self._auth(context)
@@ -126,42 +133,62 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
         return pb.InferResponse(actions=_tensor(fake_chunk(int(request.observation.frame_index))), skill="fake", route="fake")
 
     async def Stream(self, request_iterator, context):
+        """Replies are delayed by ``delay_s`` each (latency, not throughput: like a pipelined server)."""
         await self._auth(context)
-        session_id = ""
-        last_frame = -1
-        chunk_start = None
-        n = 0
-        try:
+        loop = asyncio.get_running_loop()
+        out: asyncio.Queue = asyncio.Queue()
+
+        async def reader() -> None:
+            session_id, last_frame, chunk_start, n = "", -1, None, 0
             async for req in request_iterator:
                 if req.HasField("header"):
                     if session_id:
-                        await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header: sent twice")
+                        return await out.put(("abort", "header: sent twice"))
                     session_id = req.header.session_id or uuid.uuid4().hex[:12]
                     self.record.headers.append(req.header)
-                    yield pb.StreamResponse(accepted=pb.SessionAccepted(session_id=session_id, policy=self.describe()))
+                    await out.put((loop.time(), pb.StreamResponse(accepted=pb.SessionAccepted(session_id=session_id, policy=self.describe()))))
                     continue
                 if not session_id:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, "header: the first message must be a SessionHeader")
+                    return await out.put(("abort", "header: the first message must be a SessionHeader"))
                 obs = req.observation
                 frame = int(obs.frame_index)
                 if frame <= last_frame:
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, f"observation.frame_index: {frame} does not increase (last {last_frame})")
+                    return await out.put(("abort", f"observation.frame_index: {frame} does not increase (last {last_frame})"))
                 last_frame = frame
-                info = await self._check(obs, context)
+                problem, info = self._problem(obs)
+                if problem:
+                    return await out.put(("abort", problem))
                 self.record.observations.append((session_id, frame, info["cameras"], info["proprio_dim"]))
-                while self.behaviour.stall:
-                    await asyncio.sleep(0.01)
-                if self.behaviour.delay_s:
-                    await asyncio.sleep(self.behaviour.delay_s)
-                reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=pb.QUEUE, skill="fake", route="fake")
-                if chunk_start is None or n % self.behaviour.chunk_every == 0 or frame - chunk_start >= HORIZON:
+                source = pb.HOLD if self.behaviour.hold else pb.QUEUE
+                reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=source, skill="fake", route="fake")
+                if self.behaviour.hold:
+                    pass  # like the service: a HOLD reply carries no plan
+                elif chunk_start is None or n % self.behaviour.chunk_every == 0 or frame - chunk_start >= HORIZON:
                     chunk_start = frame
                     # Like the service: the remaining plan, starting at the frame after this one.
                     reply.chunk.CopyFrom(_tensor(fake_chunk(frame + 1, HORIZON - 1)))
-                reply.queue_depth = max(0, HORIZON - 1 - (frame - chunk_start))
+                reply.queue_depth = 0 if chunk_start is None else max(0, HORIZON - 1 - (frame - chunk_start))
                 n += 1
-                yield pb.StreamResponse(action=reply)
+                await out.put((loop.time() + self.behaviour.delay_s, pb.StreamResponse(action=reply)))
+            await out.put(None)
+
+        task = asyncio.ensure_future(reader())
+        try:
+            while True:
+                item = await out.get()
+                if item is None:
+                    break
+                if item[0] == "abort":
+                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item[1])
+                due, resp = item
+                while self.behaviour.stall:
+                    await asyncio.sleep(0.01)
+                wait = due - loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+                yield resp
         finally:
+            task.cancel()
             self.record.sessions_closed += 1
 
 

@@ -1,0 +1,119 @@
+"""PolicyClient: failover across targets, deadlines, message-size limits, bearer token, TLS."""
+
+from __future__ import annotations
+
+import shutil
+import subprocess
+import time
+
+import grpc
+import numpy as np
+import pytest
+from grpc import aio
+
+from tests.agents.fake_server import FakeBehaviour, FakeServer
+from tests.agents.helpers import LoopThread, free_port
+from xvla.agents.client import AsyncPolicyClient, ClientConfig, PolicyClient, ServiceUnavailable, SessionRejected, TlsConfig
+from xvla.agents.control_loop import default_header
+from xvla.agents.observation import ObservationEncoder
+from xvla.agents.sim_r1pro import SimR1Pro
+from xvla.proto import policy_pb2 as pb
+
+
+def test_failover_to_the_next_target():
+    dead = f"127.0.0.1:{free_port()}"
+    with FakeServer() as srv, PolicyClient(ClientConfig([dead, srv.target], connect_timeout_s=0.3)) as client:
+        t = time.monotonic()
+        assert client.describe().model_name == "fake"
+        assert time.monotonic() - t < 3.0
+        assert client.target == srv.target  # the live one is now preferred
+
+
+def test_no_target_is_a_clear_error_naming_each():
+    a, b = f"127.0.0.1:{free_port()}", f"127.0.0.1:{free_port()}"
+    with PolicyClient(ClientConfig([a, b], connect_timeout_s=0.2)) as client:
+        with pytest.raises(ServiceUnavailable) as e:
+            client.describe()
+    assert a in str(e.value) and b in str(e.value)
+
+
+def test_bearer_token_in_metadata():
+    with FakeServer(FakeBehaviour(token="t0k3n")) as srv:
+        with PolicyClient(ClientConfig([srv.target], token="t0k3n")) as ok:
+            assert ok.describe().model_name == "fake"
+        with PolicyClient(ClientConfig([srv.target], token="wrong")) as bad:
+            with pytest.raises(aio.AioRpcError) as e:  # not a failover case: a clear refusal
+                bad.describe()
+            assert e.value.code() == grpc.StatusCode.UNAUTHENTICATED
+            replies = []
+            stream = bad.open_stream(default_header(), lambda r, t: replies.append(r))
+            deadline = time.monotonic() + 5
+            while stream.counters.connect_failures == 0 and time.monotonic() < deadline:
+                time.sleep(0.02)
+            assert "UNAUTHENTICATED" in stream.counters.last_error and stream.counters.sessions == 0
+            bad.close_stream(stream)
+
+
+def test_deadline_and_message_size_limit():
+    with FakeServer(FakeBehaviour(delay_s=1.0)) as srv, PolicyClient(ClientConfig([srv.target], max_message_bytes=100_000)) as client:
+        obs = ObservationEncoder(client.describe()).encode(0, SimR1Pro().read_observation()).observation  # ~450 kB
+        with pytest.raises(aio.AioRpcError) as e:
+            client.infer(pb.InferRequest(observation=obs))
+        assert e.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        small = pb.InferRequest(observation=pb.Observation(proprio=pb.Tensor(dtype=pb.FLOAT32, shape=[23], data=bytes(92))))
+        t = time.monotonic()
+        with pytest.raises(ServiceUnavailable, match="DEADLINE_EXCEEDED"):  # the only target ran out of time
+            client.infer(small, timeout=0.2)
+        assert time.monotonic() - t < 1.0
+        assert client.infer(small, timeout=5.0).actions.shape == [30, 23]
+
+
+def test_config_rejects_nonsense():
+    with pytest.raises(ValueError, match="at least one target"):
+        ClientConfig([])
+    with pytest.raises(ValueError, match="reply_timeout_s must be > 0"):
+        ClientConfig(["a:1"], reply_timeout_s=0)
+    with pytest.raises(ValueError, match="given together"):
+        TlsConfig(certificate_chain="x").credentials()
+
+
+@pytest.mark.skipif(shutil.which("openssl") is None, reason="openssl CLI not available to make a test certificate")
+def test_tls(tmp_path):
+    key, crt = tmp_path / "key.pem", tmp_path / "crt.pem"
+    r = subprocess.run(["openssl", "req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=policy.test",
+                        "-addext", "subjectAltName=DNS:policy.test", "-keyout", str(key), "-out", str(crt)],
+                       capture_output=True, text=True, timeout=60)
+    assert r.returncode == 0, r.stderr
+    with FakeServer(tls=(key.read_bytes(), crt.read_bytes())) as srv:
+        tls = TlsConfig(root_certificates=str(crt), server_name_override="policy.test")
+        with PolicyClient(ClientConfig([srv.target], tls=tls, connect_timeout_s=2.0)) as client:
+            assert client.describe().model_name == "fake"
+            got = []
+            stream = client.open_stream(default_header(), lambda rep, t: got.append(rep.frame_index))
+            deadline = time.monotonic() + 5
+            while not stream.connected and time.monotonic() < deadline:
+                time.sleep(0.01)
+            obs = pb.Observation(frame_index=3, proprio=pb.Tensor(dtype=pb.FLOAT32, shape=[23], data=np.zeros(23, np.float32).tobytes()))
+            assert stream.send(obs)
+            while not got and time.monotonic() < deadline:
+                time.sleep(0.01)
+            assert got == [3]
+            client.close_stream(stream)
+        with PolicyClient(ClientConfig([srv.target], connect_timeout_s=0.5)) as plain:
+            with pytest.raises(ServiceUnavailable):  # plaintext cannot talk to the TLS port
+                plain.describe()
+
+
+def test_session_rejected_is_not_failover():
+    with FakeServer(FakeBehaviour(token="x")) as srv, LoopThread() as lt:
+        c = lt.run(_make(ClientConfig([srv.target, f"127.0.0.1:{free_port()}"])))
+        try:
+            with pytest.raises(SessionRejected) as e:
+                lt.run(c.open_stream(default_header()))
+            assert e.value.code == grpc.StatusCode.UNAUTHENTICATED and c.failovers == 0
+        finally:
+            lt.run(c.close())
+
+
+async def _make(cfg: ClientConfig) -> AsyncPolicyClient:
+    return AsyncPolicyClient(cfg)
