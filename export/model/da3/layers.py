@@ -64,7 +64,7 @@ class Attention(nn.Module):
     def forward(self, x: torch.Tensor, rope: RopeTables | None = None) -> torch.Tensor:
         b, n, c = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, self.head_dim).permute(2, 0, 3, 1, 4)
-        q, k, v = qkv[0], qkv[1], qkv[2]  # [B, heads, N, head_dim]
+        q, k, v = qkv.unbind(0)  # [B, heads, N, head_dim]
         q, k = self.q_norm(q), self.k_norm(k)
         if rope is not None:
             q = apply_rope(q, *rope)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Sequence
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -97,7 +98,7 @@ class VisionTransformer(nn.Module):
         """(local, global) cos/sin tables; global repeats the per-view 'no-diff' positions S times."""
         hd, base = self.cfg.head_dim, float(self.cfg.rope_freq)
         local = rope_tables(grid_positions(rows, cols, collapse_patches=False), hd, base, dtype)
-        glob = rope_tables(grid_positions(rows, cols, collapse_patches=True).repeat(views, 1), hd, base, dtype)
+        glob = rope_tables(np.tile(grid_positions(rows, cols, collapse_patches=True), (views, 1)), hd, base, dtype)
         return (
             (local[0].to(device), local[1].to(device)),
             (glob[0].to(device), glob[1].to(device)),
