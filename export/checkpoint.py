@@ -14,11 +14,12 @@ files may sit next to them. Rules:
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, Optional, Union
+from typing import TYPE_CHECKING, Any, Iterator, Optional, Union
 
 import torch
 from safetensors import safe_open
@@ -138,6 +139,27 @@ def compare_keys(model_state: dict[str, torch.Tensor], file_state: dict[str, tor
 
 # --------------------------------------------------------------------------- loading
 
+_INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
+                   "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
+
+
+@contextlib.contextmanager
+def skip_weight_init() -> Iterator[None]:
+    """Make ``torch.nn.init`` a no-op while a model that will be overwritten is built.
+
+    On the meta device the random initialisers are pointless, and ``normal_`` there pulls in
+    torch's compiler stack (seconds of import time) for nothing.
+    """
+    saved = {name: getattr(torch.nn.init, name) for name in _INIT_FUNCTIONS}
+    try:
+        for name in _INIT_FUNCTIONS:
+            setattr(torch.nn.init, name, lambda tensor, *args, **kwargs: tensor)
+        yield
+    finally:
+        for name, fn in saved.items():
+            setattr(torch.nn.init, name, fn)
+
+
 
 def load_pretrained(path: Union[str, Path], strict: bool = True, model_cls: Optional[type] = None,
                     dtype: Optional[torch.dtype] = None, device: str = "cpu",
@@ -161,7 +183,7 @@ def load_pretrained(path: Union[str, Path], strict: bool = True, model_cls: Opti
     state = resolve_tied(read_state_dict(path, device=device))
 
     if strict:
-        with torch.device("meta"):
+        with torch.device("meta"), skip_weight_init():
             model = model_cls(config)
         report = compare_keys(model.state_dict(), state)
         if not report.clean:

@@ -35,6 +35,7 @@ def _split_known(cls: type, data: dict[str, Any], where: str) -> tuple[dict[str,
     known = {k: v for k, v in data.items() if k in names}
     extra = {k: copy.deepcopy(v) for k, v in data.items() if k not in names and k != "extra"}
     extra.update(copy.deepcopy(data.get("extra", {}) or {}))
+    extra.pop("model_type", None)  # always written by to_dict
     return known, extra
 
 
@@ -265,6 +266,8 @@ class XVLAConfig:
         if "florence_config" not in data or data["florence_config"] is None:
             raise ValueError("config: 'florence_config' is missing (the official default cannot build a model)")
         known, extra = _split_known(cls, data, "config")
+        if extra.get("architectures") == ["XVLA"]:
+            del extra["architectures"]  # always written by to_dict
         florence = known.pop("florence_config")
         if not isinstance(florence, FlorenceConfig):
             florence = FlorenceConfig.from_dict(florence)

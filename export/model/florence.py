@@ -46,9 +46,12 @@ class CosineTemporalEmbedding(nn.Module):
 
     def __init__(self, dim: int, max_len: int) -> None:
         super().__init__()
-        denom = torch.exp(-math.log(10000) * torch.arange(0, dim, 2) / dim)
-        freqs = torch.arange(0, max_len).reshape(max_len, 1) * denom
-        table = torch.zeros(max_len, dim)
+        # Built on the CPU even inside a ``torch.device("meta")`` build: it is a constant, and
+        # meta-device arithmetic would pull in torch's compiler stack for nothing.
+        cpu = torch.device("cpu")
+        denom = torch.exp(-math.log(10000) * torch.arange(0, dim, 2, device=cpu) / dim)
+        freqs = torch.arange(0, max_len, device=cpu).reshape(max_len, 1) * denom
+        table = torch.zeros(max_len, dim, device=cpu)
         table[:, 0::2] = torch.sin(freqs)
         table[:, 1::2] = torch.cos(freqs)
         self.register_buffer("pos_idx_to_embed", table)

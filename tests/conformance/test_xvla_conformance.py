@@ -18,7 +18,7 @@ from safetensors import safe_open
 from tests.conftest import conformance_root
 from tests.conformance.xvla_goldens import (checkpoint_names, load_checkpoint_goldens, load_set, max_abs,
                                             xvla_root)
-from xvla.export.checkpoint import TIED_KEY, weight_files
+from xvla.export.checkpoint import TIED_KEY, skip_weight_init, weight_files
 from xvla.export.model import XVLA, AutoActionSpace, XVLAConfig
 
 ATOL = 1e-5  # the bar (fp32 max abs) for every model output
@@ -278,7 +278,7 @@ def test_generate_actions_matches(root: Path, name: str) -> None:
 def test_full_size_preset_matches_manifest(root: Path) -> None:
     with open(root / "full_size_manifest.json") as f:
         manifest = json.load(f)
-    with torch.device("meta"):
+    with torch.device("meta"), skip_weight_init():  # shapes only: no memory, no init
         model = XVLA(XVLAConfig.preset("xvla-0.9b"))
     state = model.state_dict()
     expected = manifest["state_dict_shapes"]
@@ -290,7 +290,7 @@ def test_full_size_preset_matches_manifest(root: Path) -> None:
     assert sum(p.numel() for p in model.parameters()) == manifest["num_parameters"]  # tied counted once
     assert sorted(n for n, _ in model.named_buffers()) == sorted(manifest["buffers"])
     # the manifest's own config dict builds the same architecture
-    with torch.device("meta"):
+    with torch.device("meta"), skip_weight_init():
         from_manifest = XVLA(XVLAConfig.from_dict(manifest["config"]))
     assert {k: tuple(v.shape) for k, v in from_manifest.state_dict().items()} == \
            {k: tuple(v.shape) for k, v in state.items()}

@@ -1,0 +1,67 @@
+"""Action spaces: no in-place writes, per-dimension rules, per-sample delta for any batch size."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from xvla.export.model import (R1PRO_IDX_FOR_DELTA, AutoActionSpace, EE6DActionSpace, JointActionSpace,
+                               XVLAConfig, build_action_space)
+
+
+@pytest.mark.parametrize("space", [EE6DActionSpace(), JointActionSpace()])
+def test_gripper_spaces(space) -> None:
+    proprio, action = torch.randn(3, space.dim), torch.randn(3, 30, space.dim)
+    p0, a0 = proprio.clone(), action.clone()
+    pm, am = space.preprocess(proprio, action)
+    assert torch.equal(proprio, p0) and torch.equal(action, a0)  # callers' tensors untouched
+    g = list(space.gripper_dims)
+    assert torch.all(pm[:, g] == 0) and torch.all(am[..., g] == 0)
+    others = [i for i in range(space.dim) if i not in g]
+    assert torch.equal(pm[:, others], proprio[:, others]) and torch.equal(am[..., others], action[..., others])
+    out = space.postprocess(action)
+    assert torch.equal(action, a0)
+    assert torch.allclose(out[..., g], torch.sigmoid(action[..., g]))
+    assert torch.equal(out[..., others], action[..., others])
+
+
+def test_ee6d_layout() -> None:
+    space = build_action_space(XVLAConfig.preset("tiny"))
+    assert (space.mode, space.dim, space.model_dim, space.gripper_dims) == ("ee6d", 20, 20, (9, 19))
+
+
+@pytest.mark.parametrize("batch", [1, 2, 3, 30])
+def test_delta_is_per_sample_for_any_batch(batch: int) -> None:
+    space = AutoActionSpace(23, 23, idx_for_delta=R1PRO_IDX_FOR_DELTA)
+    action, proprio = torch.randn(batch, 30, 23), torch.randn(batch, 23)
+    out = space.postprocess(action, proprio)
+    for b in range(batch):  # the intended semantics, one sample at a time
+        expected = action[b].clone()
+        expected[:, list(R1PRO_IDX_FOR_DELTA)] += proprio[b, list(R1PRO_IDX_FOR_DELTA)]
+        assert torch.equal(out[b], expected)
+
+
+def test_auto_pads_masks_and_trims() -> None:
+    space = AutoActionSpace(real_dim=5, max_dim=8, idx_for_delta=(1,), idx_for_mask_proprio=(2,))
+    proprio, action = torch.randn(2, 5), torch.randn(2, 30, 5)
+    p0 = proprio.clone()
+    pm, am = space.preprocess(proprio, action)
+    assert torch.equal(proprio, p0)
+    assert pm.shape == (2, 8) and am.shape == (2, 30, 8)
+    assert torch.all(pm[:, 5:] == 0) and torch.all(am[..., 5:] == 0) and torch.all(pm[:, 2] == 0)
+    assert torch.equal(pm[:, [0, 1, 3, 4]], proprio[:, [0, 1, 3, 4]])
+    raw = torch.randn(2, 30, 8)
+    out = space.postprocess(raw, proprio)
+    assert out.shape == (2, 30, 5)
+    assert torch.equal(out[..., 1], raw[..., 1] + proprio[:, None, 1])
+    assert torch.equal(out[..., [0, 2, 3, 4]], raw[..., [0, 2, 3, 4]])
+
+
+def test_errors_name_the_problem() -> None:
+    space = AutoActionSpace(23, 23, idx_for_delta=(3,))
+    with pytest.raises(ValueError, match="proprio"):
+        space.postprocess(torch.randn(1, 30, 23))
+    with pytest.raises(ValueError, match="proprio"):
+        space.preprocess(torch.randn(1, 7), torch.randn(1, 30, 23))
+    with pytest.raises(ValueError, match="idx_for_delta"):
+        AutoActionSpace(5, 5, idx_for_delta=(7,))
