@@ -69,17 +69,17 @@ class XVLA(nn.Module):
 
     def compute_geometry_tokens(self, image_input: torch.Tensor, extrinsics: torch.Tensor,
                                 intrinsics: torch.Tensor) -> torch.Tensor:
-        """Geometry tokens [B, K, H] for the transformer's geometry fusion (geometry models only)."""
+        """Geometry tokens [B, K, H] for the transformer's ``geometry_fusion`` (geometry models only).
+
+        ``da3_inline(image_input, extrinsics, intrinsics)`` gives per-view geometry features and
+        ``geometry_conditioner`` resamples them to K tokens; both are set by the geometry code
+        (export/model/geometry.py), which may override this method for unposed variants.
+        """
         if self.da3_inline is None or self.geometry_conditioner is None:
             raise ValueError("extrinsics/intrinsics were given but this model has no geometry encoder "
                              "(da3_inline / geometry_conditioner are not set); use a geometry checkpoint "
                              "or leave extrinsics=None")
-        raise NotImplementedError("geometry encoding is provided by the geometry extension")
-
-    def skill_outputs(self, vlm_features: torch.Tensor) -> dict[str, torch.Tensor]:
-        if self.skill_heads is None:
-            raise ValueError("this model has no skill heads (config.skill_conditioning is False)")
-        return self.skill_heads(vlm_features)
+        return self.geometry_conditioner(self.da3_inline(image_input, extrinsics, intrinsics))
 
     # -- inference ----------------------------------------------------------------------
     @torch.no_grad()

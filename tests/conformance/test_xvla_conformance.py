@@ -8,8 +8,10 @@ set with other sizes, seeds, batch and domains runs through the same tests
 from __future__ import annotations
 
 import json
+from contextlib import contextmanager
 from functools import lru_cache
 from pathlib import Path
+from typing import Iterator
 
 import pytest
 import torch
@@ -19,7 +21,7 @@ from tests.conftest import conformance_root
 from tests.conformance.xvla_goldens import (checkpoint_names, load_checkpoint_goldens, load_set, max_abs,
                                             xvla_root)
 from xvla.export.checkpoint import TIED_KEY, skip_weight_init, weight_files
-from xvla.export.model import XVLA, AutoActionSpace, XVLAConfig
+from xvla.export.model import XVLA, ActionSpace, AutoActionSpace, XVLAConfig, timestep_embedding
 
 ATOL = 1e-5  # the issue's bar (fp32 max abs) for every model output
 # Residual-stream intermediates (raw DaViT tokens, transformer block states) reach O(10-50);
@@ -82,12 +84,13 @@ def _close(name: str, ours: torch.Tensor, golden: torch.Tensor, atol: float = AT
 def test_inputs_agree_with_meta(root: Path) -> None:
     s = load_set(root)
     inp = s.inputs
-    assert inp["input_ids"].shape[0] == s.batch
-    assert inp["domain_id"].tolist() == s.meta["domain_id"]
-    assert inp["image_mask"].to(torch.int64).tolist() == [[int(v) for v in row] for row in s.meta["image_mask"]]
-    # text lengths incl. bos/eos: everything after them is pad (id 1), which the model still attends
-    lengths = (inp["input_ids"] != 1).sum(dim=1).tolist()
-    assert lengths == s.meta["text_lengths_incl_bos_eos"]
+    assert inp["input_ids"].shape[0] == inp["image_input"].shape[0] == s.batch
+    if "domain_id" in s.meta:
+        assert inp["domain_id"].tolist() == s.meta["domain_id"]
+    if "image_mask" in s.meta:
+        assert inp["image_mask"].to(torch.int64).tolist() == [[int(v) for v in r] for r in s.meta["image_mask"]]
+    if "text_lengths_incl_bos_eos" in s.meta:  # everything after </s> is pad (id 1), still attended
+        assert (inp["input_ids"] != 1).sum(dim=1).tolist() == s.meta["text_lengths_incl_bos_eos"]
 
 
 # --------------------------------------------------------------------------- loading
@@ -140,6 +143,8 @@ def test_forward_vlm_matches(root: Path, name: str) -> None:
     # absent views are exact zeros in aux_visual_inputs
     mask = load_set(root).inputs["image_mask"]
     b, v = mask.shape
+    if v < 2:
+        return
     n = enc["aux_visual_inputs"].shape[1] // (v - 1)
     aux = enc["aux_visual_inputs"].reshape(b, v - 1, n, -1)
     for bi in range(b):
@@ -171,6 +176,23 @@ def test_vlm_intermediates_match(root: Path, name: str) -> None:
 # --------------------------------------------------------------------------- one transformer call
 
 
+def _main_space(model: XVLA) -> ActionSpace:
+    """The action space with 2c4fedf semantics: ``auto`` there ignores idx_for_delta and
+    idx_for_mask_proprio (only the v2 goldens apply them)."""
+    space = model.action_space
+    return AutoActionSpace(space.dim, space.model_dim) if space.mode == "auto" else space
+
+
+@contextmanager
+def _using_space(model: XVLA, space: ActionSpace) -> Iterator[None]:
+    saved = model.action_space
+    model.action_space = space
+    try:
+        yield
+    finally:
+        model.action_space = saved
+
+
 def _hooks(model: XVLA, block_ids: list[int]) -> tuple[dict, list]:
     seen: dict[str, torch.Tensor] = {}
     tr = model.transformer
@@ -192,6 +214,7 @@ def test_single_transformer_calls_match(root: Path, name: str) -> None:
     model = _model(root / name)
     inp = _inputs(root, model)
     enc = _encoded(root / name)
+    main = _main_space(model)
     prefixes = cg.tcall_prefixes()
     assert prefixes, "no tcall goldens found"
     for p in prefixes:
@@ -199,12 +222,11 @@ def test_single_transformer_calls_match(root: Path, name: str) -> None:
         x_t = inp["noise_x1"] * t.view(-1, 1, 1) + inp["tcall_action_ref"] * (1 - t).view(-1, 1, 1)
         _close(f"{p}.x_t", x_t, g[f"{p}.x_t"], atol=0.0)
         proprio, x_before = inp["proprio"].clone(), x_t.clone()
-        proprio_m, x_t_m = model.action_space.preprocess(inp["proprio"], x_t)
+        proprio_m, x_t_m = main.preprocess(inp["proprio"], x_t)
+        _, _ = model.action_space.preprocess(inp["proprio"], x_t)
         assert torch.equal(inp["proprio"], proprio) and torch.equal(x_t, x_before), "preprocess wrote in place"
         _close(f"{p}.proprio_m", proprio_m, g[f"{p}.proprio_m"], atol=0.0)
         _close(f"{p}.x_t_m", x_t_m, g[f"{p}.x_t_m"], atol=0.0)
-        from xvla.export.model import timestep_embedding
-
         _close(f"{p}.time_emb", timestep_embedding(t, model.config.dim_time), g[f"{p}.time_emb"])
         blocks = cg.block_out_keys(p)
         seen, handles = _hooks(model, sorted(blocks))
@@ -222,19 +244,32 @@ def test_single_transformer_calls_match(root: Path, name: str) -> None:
         for key in ("block0_in", *(f"block{i}_out" for i in blocks)):
             if f"{p}.{key}" in g:
                 _close(f"{p}.{key}", seen[key], g[f"{p}.{key}"], atol=_scaled(g[f"{p}.{key}"]))
-        # 2c4fedf postprocess semantics (no delta even if the config lists idx_for_delta)
-        space = model.action_space
-        plain = AutoActionSpace(space.dim, space.model_dim) if space.mode == "auto" else space
-        _close(f"{p}.output_postprocessed", plain.postprocess(out.clone(), inp["proprio"]),
-               g[f"{p}.output_postprocessed"])
+        _close(f"{p}.output_postprocessed", main.postprocess(out, inp["proprio"]), g[f"{p}.output_postprocessed"])
         # v2 per-sample delta semantics, batched here
         if cg.delta is not None and f"{p}.output_postprocessed_v2_delta_per_sample" in cg.delta:
-            assert space.idx_for_delta, "delta goldens exist but the config has no idx_for_delta"
-            _close(f"{p}.output_postprocessed_v2_delta_per_sample", space.postprocess(out, inp["proprio"]),
+            assert model.action_space.idx_for_delta, "delta goldens exist but the config has no idx_for_delta"
+            _close(f"{p}.output_postprocessed_v2_delta_per_sample", model.action_space.postprocess(out, inp["proprio"]),
                    cg.delta[f"{p}.output_postprocessed_v2_delta_per_sample"])
 
 
 # --------------------------------------------------------------------------- generate_actions
+
+
+def _generate(model: XVLA, inp: dict, steps: int) -> tuple[torch.Tensor, list[dict[str, torch.Tensor]]]:
+    calls: list[dict[str, torch.Tensor]] = []
+
+    def record(m, args, kwargs, out):
+        calls.append({"action_with_noise": kwargs["action_with_noise"], "proprio": kwargs["proprio"],
+                      "t": kwargs["t"], "output": out})
+
+    handle = model.transformer.register_forward_hook(record, with_kwargs=True)
+    try:
+        actions = model.generate_actions(inp["input_ids"], inp["image_input"], inp["image_mask"],
+                                         inp["domain_id"], inp["proprio"], steps=steps, noise=inp["noise_x1"])
+    finally:
+        handle.remove()
+    assert len(calls) == steps
+    return actions, calls
 
 
 @pytest.mark.parametrize("name", CKPTS)
@@ -245,31 +280,21 @@ def test_generate_actions_matches(root: Path, name: str) -> None:
     inp = _inputs(root, model)
     steps_list = cg.steps()
     assert steps_list, "no gen<N>.actions goldens found"
+    space = model.action_space
     for steps in steps_list:
-        calls: list[dict[str, torch.Tensor]] = []
-
-        def record(m, args, kwargs, out):
-            calls.append({"action_with_noise": kwargs["action_with_noise"], "proprio": kwargs["proprio"],
-                          "t": kwargs["t"], "output": out})
-
-        handle = model.transformer.register_forward_hook(record, with_kwargs=True)
-        try:
-            actions = model.generate_actions(inp["input_ids"], inp["image_input"], inp["image_mask"],
-                                             inp["domain_id"], inp["proprio"], steps=steps, noise=inp["noise_x1"])
-        finally:
-            handle.remove()
-        assert len(calls) == steps
+        with _using_space(model, _main_space(model)):  # 2c4fedf semantics
+            actions, calls = _generate(model, inp, steps)
         for k, call in enumerate(calls):
             for key, value in call.items():
                 _close(f"gen{steps}.step{k}.{key}", value, g[f"gen{steps}.step{k}.{key}"])
-        if model.action_space.idx_for_delta:
-            assert cg.delta is not None, "config has idx_for_delta but there are no v2 delta goldens"
+        _close(f"gen{steps}.actions", actions, g[f"gen{steps}.actions"])
+        if space.idx_for_delta or space.idx_for_mask_proprio:  # our default: v2 semantics, batched
+            assert cg.delta is not None, "config has idx_for_delta/idx_for_mask_proprio but no v2 goldens"
+            actions, calls = _generate(model, inp, steps)
             _close(f"gen{steps}.actions_v2_delta_per_sample", actions,
                    cg.delta[f"gen{steps}.actions_v2_delta_per_sample"])
             _close(f"gen{steps}.last_transformer_output_per_sample", calls[-1]["output"],
                    cg.delta[f"gen{steps}.last_transformer_output_per_sample"])
-        else:
-            _close(f"gen{steps}.actions", actions, g[f"gen{steps}.actions"])
 
 
 # --------------------------------------------------------------------------- full-size architecture
