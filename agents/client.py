@@ -52,6 +52,12 @@ class SessionRejected(RuntimeError):
         super().__init__(f"{target}: {code.name if code else 'ERROR'}: {details}")
 
 
+class _Refused(Exception):
+    def __init__(self, code: grpc.StatusCode | None, details: str) -> None:
+        self.code, self.details = code, details
+        super().__init__(details)
+
+
 class StreamClosed(ConnectionError):
     def __init__(self, code: grpc.StatusCode | None, details: str) -> None:
         self.code, self.details = code, details
@@ -128,11 +134,40 @@ class ClientConfig:
         return (("authorization", f"Bearer {self.token}"),) if self.token else ()
 
 
-class StreamSession:
-    """One accepted Stream call: write observations, read replies in order."""
+class _Outbox:
+    """The request side of a Stream call, as an async generator that gRPC consumes.
 
-    def __init__(self, call: aio.StreamStreamCall, accepted: pb.SessionAccepted, target: str) -> None:
+    Feeding the call from a generator (instead of ``call.write``) keeps writes off the
+    caller's path: a slow link pushes back through the one-slot queue instead of piling
+    up stale observations, and ending the generator half-closes the call.
+    """
+
+    _END = object()
+
+    def __init__(self, first: pb.StreamRequest) -> None:
+        self.queue: asyncio.Queue = asyncio.Queue(maxsize=1)
+        self.queue.put_nowait(first)
+
+    async def requests(self):
+        while True:
+            item = await self.queue.get()
+            if item is self._END:
+                return
+            yield item
+
+    def end(self) -> None:
+        try:
+            self.queue.put_nowait(self._END)
+        except asyncio.QueueFull:
+            pass  # the call is being cancelled anyway
+
+
+class StreamSession:
+    """One accepted Stream call: send observations, read replies in order."""
+
+    def __init__(self, call: aio.StreamStreamCall, outbox: _Outbox, accepted: pb.SessionAccepted, target: str) -> None:
         self._call = call
+        self._outbox = outbox
         self.accepted = accepted
         self.target = target
 
@@ -141,7 +176,9 @@ class StreamSession:
         return self.accepted.policy
 
     async def send(self, observation: pb.Observation) -> None:
-        await self._call.write(pb.StreamRequest(observation=observation))
+        if self._call.done():
+            raise StreamClosed(await self._call.code(), await self._call.details() or "")
+        await self._outbox.queue.put(pb.StreamRequest(observation=observation))
 
     async def recv(self) -> pb.ActionReply:
         """The next reply. Note: cancelling this (e.g. by a timeout) cancels the whole call."""
@@ -154,17 +191,14 @@ class StreamSession:
 
     async def step(self, observation: pb.Observation, timeout: float) -> pb.ActionReply:
         """Lock-step: send one observation and wait (at most ``timeout``) for its reply."""
-        await self.send(observation)
+        await asyncio.wait_for(self.send(observation), timeout)
         while True:
             reply = await asyncio.wait_for(self.recv(), timeout)
             if reply.frame_index >= observation.frame_index:
                 return reply
 
     async def close(self) -> None:
-        try:
-            await self._call.done_writing()
-        except Exception:  # noqa: BLE001 - the call may already be dead; closing must not fail
-            pass
+        self._outbox.end()
         self._call.cancel()
 
 
@@ -232,32 +266,41 @@ class AsyncPolicyClient:
         errors: list[str] = []
         for _ in range(len(self.config.targets)):
             target = self.target
-            call = None
-            try:
-                await self._ready(target)
-                call = self._stub(target).Stream(metadata=self.config.metadata())
-                await call.write(pb.StreamRequest(header=header))
-                first = await asyncio.wait_for(call.read(), self.config.rpc_timeout_s)
-                if first is aio.EOF:
-                    code, details = await call.code(), await call.details()
-                    if code not in FAILOVER_CODES:
-                        raise SessionRejected(target, code, details or "stream ended before SessionAccepted")
-                    errors.append(f"{target}: {code.name}: {details}")
-                elif not first.HasField("accepted"):
-                    call.cancel()
-                    raise SessionRejected(target, None, "protocol error: first reply is not SessionAccepted")
-                else:
-                    return StreamSession(call, first.accepted, target)
-            except aio.AioRpcError as e:
-                if e.code() not in FAILOVER_CODES:
-                    raise SessionRejected(target, e.code(), e.details() or "") from e
-                errors.append(f"{target}: {e.code().name}: {e.details()}")
-            except asyncio.TimeoutError:
-                errors.append(f"{target}: no session within the deadline")
-                if call is not None:
-                    call.cancel()
+            for attempt in range(3):
+                try:
+                    return await self._open_on(target, header)
+                except aio.AioRpcError as e:
+                    code, details = e.code(), e.details() or ""
+                except _Refused as e:
+                    code, details = e.code, e.details
+                except asyncio.TimeoutError:
+                    code, details = grpc.StatusCode.DEADLINE_EXCEEDED, "no session within the deadline"
+                # gRPC can report a server's immediate refusal (bad token, session limit) as
+                # INTERNAL "from Core" when it races our first message; a second try shows the real status.
+                if code == grpc.StatusCode.INTERNAL and attempt < 2:
+                    continue
+                break
+            if code not in FAILOVER_CODES:
+                raise SessionRejected(target, code, details)
+            errors.append(f"{target}: {code.name if code else 'EOF'}: {details}")
             self.rotate()
         raise ServiceUnavailable(f"Stream: no policy service answered ({'; '.join(errors)})")
+
+    async def _open_on(self, target: str, header: pb.SessionHeader) -> StreamSession:
+        await self._ready(target)
+        outbox = _Outbox(pb.StreamRequest(header=header))
+        call = self._stub(target).Stream(outbox.requests(), metadata=self.config.metadata())
+        try:
+            first = await asyncio.wait_for(call.read(), self.config.rpc_timeout_s)
+            if first is aio.EOF:
+                raise _Refused(await call.code(), await call.details() or "stream ended before SessionAccepted")
+            if not first.HasField("accepted"):
+                raise _Refused(None, "protocol error: first reply is not SessionAccepted")
+            return StreamSession(call, outbox, first.accepted, target)
+        except BaseException:
+            outbox.end()  # end the request iterator, then the call: no task is left behind
+            call.cancel()
+            raise
 
     async def close(self) -> None:
         for ch in self._channels.values():

@@ -1,26 +1,31 @@
 """A small, deterministic stand-in for the policy service, for the agent's tests.
 
-It speaks the real wire contract (``proto/policy.proto``) with grpc.aio, validates what
+It speaks the real wire contract (``proto/policy.proto``), validates what
 the agent sends the way the service does (names the offending field), and answers with
 actions that are a known function of the frame index, so a test can tell exactly which
 chunk row the robot executed. It can be slowed, stalled (stream open, no answers),
 guarded by a token, and run in-process or as a process that a test kills with SIGKILL:
 
     python -m tests.agents.fake_server --port 0      # prints "READY <port>"
+
+It is a *synchronous* gRPC server (threads): grpc.aio servers and clients on different
+event loops of one process race each other (an early abort then surfaces as INTERNAL),
+and the agent's clients are grpc.aio, so an in-process fake must not be.
 """
 
 from __future__ import annotations
 
 import argparse
-import asyncio
+import queue
 import sys
 import threading
+import time
 import uuid
+from concurrent import futures
 from dataclasses import dataclass, field
 
 import grpc
 import numpy as np
-from grpc import aio
 
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
@@ -92,12 +97,12 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
             max_message_bytes=16 * 1024 * 1024,
         )
 
-    async def _auth(self, context: aio.ServicerContext) -> None:
+    def _auth(self, context: grpc.ServicerContext) -> None:
         if self.behaviour.token is None:
             return
         md = dict(context.invocation_metadata() or ())
         if md.get("authorization") != f"Bearer {self.behaviour.token}":
-            await context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
+            context.abort(grpc.StatusCode.UNAUTHENTICATED, "authorization: missing or wrong bearer token")
 
     def _problem(self, obs: pb.Observation) -> tuple[str, dict]:
         names = {c[0] for c in self.behaviour.cameras}
@@ -114,94 +119,94 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
             return f"observation.proprio: {pdim} values, expected one of {list(self.behaviour.accepted_proprio_dims)}", {}
         return "", {"cameras": cams, "proprio_dim": pdim}
 
-    async def _check(self, obs: pb.Observation, context: aio.ServicerContext) -> dict:
-        problem, info = self._problem(obs)
-        if problem:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
-        return info
-
-    async def Describe(self, request, context):
-        await self._auth(context)
+    def Describe(self, request, context):
+        self._auth(context)
         return self.describe()
 
-    async def Infer(self, request: pb.InferRequest, context):
-        await self._auth(context)
-        info = await self._check(request.observation, context)
+    def Infer(self, request: pb.InferRequest, context):
+        self._auth(context)
+        problem, info = self._problem(request.observation)
+        if problem:
+            context.abort(grpc.StatusCode.INVALID_ARGUMENT, problem)
         self.record.infer_requests.append((request, info))
         if self.behaviour.delay_s:
-            await asyncio.sleep(self.behaviour.delay_s)
+            time.sleep(self.behaviour.delay_s)
         return pb.InferResponse(actions=_tensor(fake_chunk(int(request.observation.frame_index))), skill="fake", route="fake")
 
-    async def Stream(self, request_iterator, context):
+    def Stream(self, request_iterator, context):
         """Replies are delayed by ``delay_s`` each (latency, not throughput: like a pipelined server)."""
-        await self._auth(context)
-        loop = asyncio.get_running_loop()
-        out: asyncio.Queue = asyncio.Queue()
+        self._auth(context)
+        out: queue.Queue = queue.Queue()
 
-        async def reader() -> None:
+        def reader() -> None:
             session_id, last_frame, chunk_start, n = "", -1, None, 0
-            async for req in request_iterator:
-                if req.HasField("header"):
-                    if session_id:
-                        return await out.put(("abort", "header: sent twice"))
-                    session_id = req.header.session_id or uuid.uuid4().hex[:12]
-                    self.record.headers.append(req.header)
-                    await out.put((loop.time(), pb.StreamResponse(accepted=pb.SessionAccepted(session_id=session_id, policy=self.describe()))))
-                    continue
-                if not session_id:
-                    return await out.put(("abort", "header: the first message must be a SessionHeader"))
-                obs = req.observation
-                frame = int(obs.frame_index)
-                if frame <= last_frame:
-                    return await out.put(("abort", f"observation.frame_index: {frame} does not increase (last {last_frame})"))
-                last_frame = frame
-                problem, info = self._problem(obs)
-                if problem:
-                    return await out.put(("abort", problem))
-                self.record.observations.append((session_id, frame, info["cameras"], info["proprio_dim"]))
-                source = pb.HOLD if self.behaviour.hold else pb.QUEUE
-                reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=source, skill="fake", route="fake")
-                if self.behaviour.hold:
-                    pass  # like the service: a HOLD reply carries no plan
-                elif chunk_start is None or n % self.behaviour.chunk_every == 0 or frame - chunk_start >= HORIZON:
-                    chunk_start = frame
-                    # Like the service: the remaining plan, starting at the frame after this one.
-                    reply.chunk.CopyFrom(_tensor(fake_chunk(frame + 1, HORIZON - 1)))
-                reply.queue_depth = 0 if chunk_start is None else max(0, HORIZON - 1 - (frame - chunk_start))
-                n += 1
-                await out.put((loop.time() + self.behaviour.delay_s, pb.StreamResponse(action=reply)))
-            await out.put(None)
+            try:
+                for req in request_iterator:
+                    if req.HasField("header"):
+                        if session_id:
+                            return out.put(("abort", "header: sent twice"))
+                        session_id = req.header.session_id or uuid.uuid4().hex[:12]
+                        self.record.headers.append(req.header)
+                        accepted = pb.SessionAccepted(session_id=session_id, policy=self.describe())
+                        out.put((time.monotonic(), pb.StreamResponse(accepted=accepted)))
+                        continue
+                    if not session_id:
+                        return out.put(("abort", "header: the first message must be a SessionHeader"))
+                    obs = req.observation
+                    frame = int(obs.frame_index)
+                    if frame <= last_frame:
+                        return out.put(("abort", f"observation.frame_index: {frame} does not increase (last {last_frame})"))
+                    last_frame = frame
+                    problem, info = self._problem(obs)
+                    if problem:
+                        return out.put(("abort", problem))
+                    self.record.observations.append((session_id, frame, info["cameras"], info["proprio_dim"]))
+                    source = pb.HOLD if self.behaviour.hold else pb.QUEUE
+                    reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=source,
+                                           skill="fake", route="fake")
+                    if self.behaviour.hold:
+                        pass  # like the service: a HOLD reply carries no plan
+                    elif chunk_start is None or n % self.behaviour.chunk_every == 0 or frame - chunk_start >= HORIZON:
+                        chunk_start = frame
+                        # Like the service: the remaining plan, starting at the frame after this one.
+                        reply.chunk.CopyFrom(_tensor(fake_chunk(frame + 1, HORIZON - 1)))
+                    reply.queue_depth = 0 if chunk_start is None else max(0, HORIZON - 1 - (frame - chunk_start))
+                    n += 1
+                    out.put((time.monotonic() + self.behaviour.delay_s, pb.StreamResponse(action=reply)))
+            except Exception:  # noqa: BLE001 - the client went away
+                pass
+            finally:
+                out.put(None)
 
-        task = asyncio.ensure_future(reader())
+        threading.Thread(target=reader, daemon=True, name="fake-stream-reader").start()
         try:
             while True:
-                item = await out.get()
+                item = out.get()
                 if item is None:
                     break
                 if item[0] == "abort":
-                    await context.abort(grpc.StatusCode.INVALID_ARGUMENT, item[1])
+                    context.abort(grpc.StatusCode.INVALID_ARGUMENT, item[1])
                 due, resp = item
-                while self.behaviour.stall:
-                    await asyncio.sleep(0.01)
-                wait = due - loop.time()
+                while self.behaviour.stall and context.is_active():
+                    time.sleep(0.01)
+                if not context.is_active():
+                    break
+                wait = due - time.monotonic()
                 if wait > 0:
-                    await asyncio.sleep(wait)
+                    time.sleep(wait)
                 yield resp
         finally:
-            task.cancel()
             self.record.sessions_closed += 1
 
 
 class FakeServer:
-    """The fake service on its own event-loop thread: ``with FakeServer() as s: s.target``."""
+    """The fake service in-process: ``with FakeServer() as s: s.target``."""
 
     def __init__(self, behaviour: FakeBehaviour | None = None, port: int = 0, tls: tuple[bytes, bytes] | None = None) -> None:
         self.service = FakePolicyService(behaviour)
         self._port = port
         self._tls = tls  # (private key PEM, certificate chain PEM)
-        self._loop = asyncio.new_event_loop()
-        self._thread = threading.Thread(target=self._loop.run_forever, name="fake-policy-server", daemon=True)
-        self._server: aio.Server | None = None
+        self._server: grpc.Server | None = None
         self.port = 0
 
     @property
@@ -216,29 +221,23 @@ class FakeServer:
     def target(self) -> str:
         return f"127.0.0.1:{self.port}"
 
-    async def _start(self) -> int:
-        self._server = aio.server(options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
+    def start(self) -> FakeServer:
+        self._server = grpc.server(futures.ThreadPoolExecutor(max_workers=32, thread_name_prefix="fake-policy"),
+                                   options=[("grpc.max_receive_message_length", 64 * 1024 * 1024)])
         pb_grpc.add_PolicyServiceServicer_to_server(self.service, self._server)
         if self._tls:
-            creds = grpc.ssl_server_credentials([self._tls])
-            port = self._server.add_secure_port(f"127.0.0.1:{self._port}", creds)
+            self.port = self._server.add_secure_port(f"127.0.0.1:{self._port}", grpc.ssl_server_credentials([self._tls]))
         else:
-            port = self._server.add_insecure_port(f"127.0.0.1:{self._port}")
-        await self._server.start()
-        return port
-
-    def start(self) -> FakeServer:
-        self._thread.start()
-        self.port = asyncio.run_coroutine_threadsafe(self._start(), self._loop).result(10)
+            self.port = self._server.add_insecure_port(f"127.0.0.1:{self._port}")
+        self._server.start()
         return self
 
     def stop(self) -> None:
         """Stop at once, cancelling open streams (the client sees the connection go)."""
         if self._server is not None:
-            asyncio.run_coroutine_threadsafe(self._server.stop(0), self._loop).result(10)
+            self.behaviour.stall = False
+            self._server.stop(0).wait(10)
             self._server = None
-        self._loop.call_soon_threadsafe(self._loop.stop)
-        self._thread.join(5)
 
     def __enter__(self) -> FakeServer:
         return self.start()
@@ -247,23 +246,16 @@ class FakeServer:
         self.stop()
 
 
-async def _serve_forever(port: int, behaviour: FakeBehaviour) -> None:
-    server = aio.server()
-    pb_grpc.add_PolicyServiceServicer_to_server(FakePolicyService(behaviour), server)
-    bound = server.add_insecure_port(f"127.0.0.1:{port}")
-    await server.start()
-    print(f"READY {bound}", flush=True)
-    await server.wait_for_termination()
-
-
 def main(argv: list[str] | None = None) -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--port", type=int, default=0)
     ap.add_argument("--delay", type=float, default=0.0)
     ap.add_argument("--chunk-every", type=int, default=10)
     a = ap.parse_args(argv)
+    srv = FakeServer(FakeBehaviour(delay_s=a.delay, chunk_every=a.chunk_every), port=a.port).start()
+    print(f"READY {srv.port}", flush=True)
     try:
-        asyncio.run(_serve_forever(a.port, FakeBehaviour(delay_s=a.delay, chunk_every=a.chunk_every)))
+        srv._server.wait_for_termination()
     except KeyboardInterrupt:
         sys.exit(0)
 
