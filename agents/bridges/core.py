@@ -141,16 +141,23 @@ class LockstepSession:
         self._session: StreamSession | None = None
         self._task_id: int | None = None
         self._frame = 0
+        self._policy: PolicyView | None = None
         self.encoder = ObservationEncoder()
 
     async def prepare(self) -> PolicyView:
         policy = await self.core.policy()
+        self._policy = policy
         self.encoder.set_policy(policy.describe)
         return policy
 
+    def _header(self, task_id: int | None) -> pb.SessionHeader:
+        """The BEHAVIOR harness always sends a task_id; only policies with task prompts (v20) take one."""
+        has_tasks = self._policy is not None and len(self._policy.describe.tasks) > 0
+        return self.core.config.header(task_id if has_tasks else None)
+
     async def _open(self) -> StreamSession:
         try:
-            s = await self.core._client().open_stream(self.core.config.header(self._task_id))
+            s = await self.core._client().open_stream(self._header(self._task_id))
         except ServiceUnavailable as e:
             raise PolicyError(f"policy service unavailable: {e}") from e
         except SessionRejected as e:
@@ -189,7 +196,7 @@ class LockstepSession:
     async def chunk(self, observation: pb.Observation, task_id: int | None, k: int | None = None, steps: int = 0,
                     instruction: str | None = None, domain_id: int | None = None) -> tuple[np.ndarray, pb.InferResponse]:
         """A whole action chunk for one observation (unary Infer): [k or T, D]."""
-        header = self.core.config.header(task_id)
+        header = self._header(task_id)
         if steps:
             header.execution.denoising_steps = steps
         if instruction is not None:

@@ -64,6 +64,7 @@ class FakeBehaviour:
     needs_pose: bool = False
     cameras: tuple = CAMERAS
     accepted_proprio_dims: tuple = (DIM, 256)
+    tasks: tuple = ((0, "turning_on_radio"), (1, "picking_up_trash"))  # () = no task prompts
 
 
 @dataclass
@@ -93,7 +94,7 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
             horizon=HORIZON,
             cameras=[pb.CameraSpec(name=n, height=h, width=w, needs_pose=b.needs_pose) for n, h, w in b.cameras],
             control_rate_hz=30.0,
-            tasks=[pb.Task(id=0, name="turning_on_radio"), pb.Task(id=1, name="picking_up_trash")],
+            tasks=[pb.Task(id=i, name=n) for i, n in b.tasks],
             max_message_bytes=16 * 1024 * 1024,
         )
 

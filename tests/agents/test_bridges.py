@@ -14,7 +14,7 @@ import zmq
 from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect as ws_connect
 
-from tests.agents.fake_server import HORIZON, FakeServer, fake_action, fake_chunk
+from tests.agents.fake_server import HORIZON, FakeBehaviour, FakeServer, fake_action, fake_chunk
 from tests.agents.helpers import LoopThread, behavior_observation, free_port
 from xvla.agents.bridges.codecs import ArrayStyle, json_numpy_dumps, packb, unpackb
 from xvla.agents.bridges.core import BridgeConfig
@@ -198,6 +198,24 @@ def test_zmq_malformed_input_gets_error_replies(zmq_bridge):
     big = {"endpoint": "get_action", "data": {"blob": np.zeros(5 * 1024 * 1024, np.uint8)}, **tok}
     assert "exceeds the limit" in call(big)["error"]
     assert call({"endpoint": "get_action", "data": obs, **tok})["action"].shape == (23,)  # still serving
+
+
+def test_task_id_only_reaches_policies_with_task_prompts(loop):
+    with FakeServer(FakeBehaviour(tasks=())) as plain:
+        b = ZmqBridge(_client(plain), BridgeConfig(host="127.0.0.1", port=0))
+        loop.run(b.start())
+        ctx = zmq.Context()
+        sock = ctx.socket(zmq.REQ)
+        sock.setsockopt(zmq.RCVTIMEO, 30000)
+        sock.connect(f"tcp://127.0.0.1:{b.port}")
+        try:
+            sock.send(packb({"endpoint": "get_action", "data": behavior_observation(task_id=7)}))
+            assert unpackb(sock.recv())["action"].shape == (23,)
+        finally:
+            sock.close(0)
+            ctx.term()
+            loop.run(b.stop())
+    assert plain.record.headers[-1].task_id == -1  # BEHAVIOR's task id is not a prompt index for this policy
 
 
 # ----------------------------------------------------------------------------- HTTP /act
