@@ -278,6 +278,7 @@ class ControlLoop:
             st.scheduling, undo_sched = raise_current_thread(cfg.realtime_priority)
         t0 = time.monotonic()
         k = 0
+        last_obs: RobotObservation | None = None
         try:
             while not self._stop.is_set() and (n_slots is None or k < n_slots):
                 t_sched = t0 + k * period
@@ -296,11 +297,23 @@ class ControlLoop:
                     t_sched = t0 + k * period
                 st.jitter_ms.append((now - t_sched) * 1e3)
                 frame = k
-                obs = self.robot.read_observation()
-                with self._cond:
-                    self._submitted[frame] = time.monotonic()
-                self._slot.put((frame, obs))
-                kind, action = self._choose(frame, obs, t_sched + cfg.reply_deadline_s)
+                try:
+                    obs = self.robot.read_observation()
+                    last_obs = obs
+                except Exception as e:  # noqa: BLE001 - a sensor glitch must not stop the motors' loop
+                    if last_obs is None:
+                        raise
+                    st.sensor_errors += 1
+                    st.last_error = f"read_observation: {e}"
+                    obs = None
+                if obs is not None:
+                    with self._cond:
+                        self._submitted[frame] = time.monotonic()
+                    self._slot.put((frame, obs))
+                    kind, action = self._choose(frame, obs, t_sched + cfg.reply_deadline_s)
+                else:  # nothing to send: hold still on the last good reading
+                    st.missed_deadlines += 1
+                    kind, action = SAFE, safe_action(self.robot.layout, last_obs.state, self._last_action)
                 self.robot.apply_action(action)
                 self._last_action = action
                 st.record_tick(kind)

@@ -45,6 +45,7 @@ class ControlStats:
     replies: int = 0
     late_replies: int = 0  # answers that arrived after their tick had acted
     invalid_replies: int = 0  # wrong size or non-finite actions (never executed)
+    sensor_errors: int = 0  # read_observation failed: safe action on the last good reading
     starved_replies: int = 0  # the server had to wait for inference (ActionSource.STARVED)
     observations_sent: int = 0
     observations_dropped: int = 0  # never sent: disconnected, or replaced by a newer one
@@ -92,6 +93,7 @@ class ControlStats:
             "replies": self.replies,
             "late_replies": self.late_replies,
             "invalid_replies": self.invalid_replies,
+            "sensor_errors": self.sensor_errors,
             "starved_replies": self.starved_replies,
             "observations_sent": self.observations_sent,
             "observations_dropped": self.observations_dropped,
@@ -130,7 +132,8 @@ class ControlStats:
             f"  executed      fresh {self.fresh_ticks}  plan {self.plan_ticks}  safe {self.safe_ticks}"
             f" (server HOLD {self.server_hold_ticks})",
             f"  timing        skipped {self.skipped_ticks}  overruns {self.overruns}  missed deadlines {self.missed_deadlines}",
-            f"  replies       {self.replies}  late {self.late_replies}  invalid {self.invalid_replies}  starved {self.starved_replies}",
+            f"  replies       {self.replies}  late {self.late_replies}  invalid {self.invalid_replies}  starved {self.starved_replies}"
+            + (f"  sensor errors {self.sensor_errors}" if self.sensor_errors else ""),
             f"  observations  sent {self.observations_sent}  dropped {self.observations_dropped}  lost {self.observations_lost}",
             f"  sessions      {self.sessions}  reconnects {self.reconnects}  connect failures {self.connect_failures}",
             f"  bytes/frame   raw {s['raw_bytes_per_frame']:,}  wire {s['wire_bytes_per_frame']:,}",

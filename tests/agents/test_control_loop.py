@@ -220,6 +220,32 @@ def test_no_server_at_all_is_safe_from_the_first_tick():
     rec.check_safe_actions()
 
 
+class FlakySensors(SimR1Pro):
+    """Every 10th read fails, like a camera dropping a frame."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.reads = 0
+
+    def read_observation(self):
+        self.reads += 1
+        if self.reads > 1 and self.reads % 10 == 0:
+            raise OSError("camera timeout")
+        return super().read_observation()
+
+
+def test_a_failed_sensor_read_holds_still_and_the_loop_goes_on():
+    with FakeServer() as srv, _client(srv.target) as client:
+        rec = Recorder()
+        st = ControlLoop(FlakySensors(), client, on_tick=rec).run(seconds=1.0)
+    _at_rate(st, 1.0)
+    assert st.sensor_errors == 3 and "camera timeout" in st.last_error
+    for i, (f, k, a) in enumerate(rec.ticks):  # one read per executed tick, in order
+        if (i + 1) % 10 == 0:
+            assert k == SAFE and np.all(a[0:3] == 0.0), f
+    rec.check_policy_actions()
+
+
 def test_loop_config_validation():
     with pytest.raises(ValueError, match="reply_deadline_s"):
         LoopConfig(rate_hz=30, reply_deadline_s=0.05)
