@@ -262,6 +262,8 @@ class ControlLoop:
 
     def run(self, seconds: float | None = None, ticks: int | None = None) -> ControlStats:
         """Run for ``seconds`` (or ``ticks``, or until :meth:`stop`); returns the statistics."""
+        if self._stream is not None or self.stats.ticks:
+            raise RuntimeError("a ControlLoop runs once (its statistics belong to that run): make a new one")
         cfg = self.config
         period = cfg.period_s
         n_slots = ticks if ticks is not None else (round(seconds * cfg.rate_hz) if seconds is not None else None)
