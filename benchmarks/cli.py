@@ -1,0 +1,262 @@
+"""``xvla-bench``: latency, end-to-end, closed-loop and peer benchmarks -> JSON + markdown + PNG plots.
+
+    xvla-bench --preset tiny --quick --out DIR          # the CI cut: well under a minute
+    xvla-bench --profile cpu                            # tiny + xvla-small on this CPU -> benchmarks/results/cpu-2core/
+    xvla-bench --profile h200 --serve-providers cuda    # full presets on a GPU
+
+Sections (``--only`` / ``--skip``): flops, components, e2e, closed-loop, peers. Results go to
+``--out`` (default ``benchmarks/results/<machine>/``): ``results.json``, ``report.md``,
+``plots/*.png``. Bundles are exported once per preset (seeded random weights) into
+``--artifacts`` (default ``artifacts/bench``) and reused.
+"""
+
+from __future__ import annotations
+
+import argparse
+import datetime as _dt
+import json
+import logging
+import os
+import shlex
+import sys
+import time
+from pathlib import Path
+from typing import Any, Optional
+
+SECTIONS = ("flops", "components", "e2e", "closed-loop", "peers")
+# FLOPs are counted on the meta device, so every report carries every preset's count.
+ALL_FLOPS_PRESETS = ("tiny", "xvla-small", "xvla-0.9b", "tiny-geo", "da3-xvla")
+REPO = Path(__file__).resolve().parents[1]
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(t.strip() for t in text.split(",") if t.strip())
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(t) for t in _csv(text))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from exc
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="xvla-bench", description=__doc__,
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--profile", help="cpu | a6000 | h200 (default: h200/a6000 by GPU name, else cpu)")
+    p.add_argument("--preset", action="append", help="benchmark only these presets (repeatable or comma-separated)")
+    p.add_argument("--quick", action="store_true", help="seconds, not minutes: 1 preset, batch 1, few samples")
+    p.add_argument("--out", type=Path, help="output folder (default benchmarks/results/<machine>)")
+    p.add_argument("--machine", help="machine name for the results folder (default cpu-<n>core or the GPU name)")
+    p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("XVLA_BENCH_ARTIFACTS", "artifacts/bench")),
+                   help="where bench bundles are exported and cached (default artifacts/bench)")
+    p.add_argument("--only", type=_csv, help=f"run only these sections: {','.join(SECTIONS)}")
+    p.add_argument("--skip", type=_csv, default=(), help="skip these sections")
+    p.add_argument("--backends", type=_csv, help="override the profile's backends (torch,ort-cpu,ort-cuda,ort-tensorrt,tensorrt)")
+    p.add_argument("--precisions", type=_csv, help="override the profile's precisions (fp32,fp16,bf16)")
+    p.add_argument("--batch-sizes", type=_ints, help="override the profile's batch sizes, e.g. 1,2,4")
+    p.add_argument("--iters", type=int, help="override timed iterations per case")
+    p.add_argument("--fleet-sizes", type=_ints, help="override the robots swept in the closed loop, e.g. 1,2,4")
+    p.add_argument("--fleet-seconds", type=float, help="override seconds per closed-loop run")
+    p.add_argument("--serve-providers", help="providers of xvla-serve and the peer servers (default: cpu, or cuda on GPU profiles)")
+    p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads in the servers (0: default)")
+    p.add_argument("--log-level", default="WARNING")
+    return p
+
+
+def _progress(msg: str) -> None:
+    print(f"[xvla-bench {time.strftime('%H:%M:%S')}] {msg}", file=sys.stderr, flush=True)
+
+
+def resolve_profile(args: argparse.Namespace, gpus: list[str]):
+    import dataclasses
+
+    from xvla.benchmarks.profiles import get_profile
+
+    name = args.profile
+    if name is None:
+        name = "cpu" if not gpus else ("h200" if any("H200" in g.upper() for g in gpus) else "a6000")
+    prof = get_profile(name)
+    if args.preset:
+        presets = tuple(x for item in args.preset for x in _csv(item))
+        prof = prof.with_presets(presets)
+    if args.quick:
+        prof = prof.quick()
+    overrides: dict[str, Any] = {}
+    for field, attr in (("backends", "backends"), ("precisions", "precisions"), ("batch_sizes", "batch_sizes"),
+                        ("iters", "iters"), ("fleet_sizes", "fleet_sizes"), ("fleet_seconds", "fleet_seconds")):
+        value = getattr(args, attr)
+        if value:
+            overrides[field] = value
+    return dataclasses.replace(prof, **overrides) if overrides else prof
+
+
+def run(args: argparse.Namespace) -> dict[str, Any]:
+    from xvla.benchmarks import machine as machine_mod
+    from xvla.benchmarks.bundles import ensure_bench_bundle, load_manifest
+
+    t_start = time.monotonic()
+    sections = set(args.only or SECTIONS) - set(args.skip or ())
+    unknown = sections - set(SECTIONS)
+    if unknown:
+        raise SystemExit(f"xvla-bench: unknown section(s) {sorted(unknown)}; choose from {list(SECTIONS)}")
+    gpus = machine_mod.gpu_names()
+    prof = resolve_profile(args, gpus)
+    _progress(f"profile {prof.name}: presets {', '.join(prof.presets)}; sections {', '.join(sorted(sections))}")
+    info = machine_mod.collect(args.machine, measure_gemm=False)
+    if prof.device == "cpu":
+        info.cpu_measured = machine_mod.measure_cpu_gemm_gflops(n=1024 if args.quick else 2048,
+                                                                repeats=3 if args.quick else 10)
+    out = args.out or (REPO / "benchmarks" / "results" / info.name)
+    out.mkdir(parents=True, exist_ok=True)
+    logs = out / "logs"
+    serve_providers = args.serve_providers or ("cuda" if prof.device == "cuda" else "cpu")
+    results: dict[str, Any] = {
+        "schema": 1,
+        "created": _dt.datetime.now(_dt.timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        "command": "xvla-bench " + " ".join(shlex.quote(a) for a in (args.argv or [])),
+        "profile": prof.to_dict(), "machine": info.to_dict(), "sections": sorted(sections),
+        "serve_providers": serve_providers, "flops": {}, "components": [], "e2e": {}, "closed_loop": {},
+        "peers": {}, "notes": [], "section_seconds": {},
+    }
+    if prof.device == "cuda" and not gpus:
+        results["notes"].append(f"profile {prof.name} asks for a GPU but none is visible: GPU cases are skipped "
+                                "with their reasons; no GPU numbers were produced on this machine")
+
+    def timed(name: str, fn):
+        t0 = time.monotonic()
+        try:
+            return fn()
+        finally:
+            results["section_seconds"][name] = round(results["section_seconds"].get(name, 0.0)
+                                                     + time.monotonic() - t0, 1)
+
+    flops_per_preset: dict[str, dict] = {}
+    if "flops" in sections or "components" in sections:
+        from xvla.benchmarks.flops import count_all
+
+        names = list(prof.presets) + ([p for p in ALL_FLOPS_PRESETS if p not in prof.presets] if not args.quick else [])
+        _progress(f"counting FLOPs: {', '.join(names)}")
+        flops_per_preset = timed("flops", lambda: count_all(names, prof.steps))
+        if "flops" in sections:
+            results["flops"] = flops_per_preset
+
+    bundles: dict[str, Path] = {}
+    needs_bundle = sections & {"components", "e2e", "closed-loop", "peers"}
+    for preset in prof.presets:
+        if not needs_bundle:
+            break
+        _progress(f"bundle for {preset} (exported once, cached in {args.artifacts})")
+        try:
+            bundles[preset] = timed("export", lambda: ensure_bench_bundle(preset, args.artifacts,
+                                                                          max_batch=max(prof.batch_sizes)))
+        except Exception as exc:  # noqa: BLE001 - a preset that cannot be exported here is reported
+            results["notes"].append(f"{preset}: no bundle ({type(exc).__name__}: {exc}); its cases were not run")
+
+    if "components" in sections:
+        from xvla.benchmarks.components import ComponentConfig, run_components
+
+        for preset, bundle in bundles.items():
+            manifest = load_manifest(bundle)
+            cfg = ComponentConfig(preset=preset, bundle_dir=bundle, backends=prof.backends, precisions=prof.precisions,
+                                  batch_sizes=prof.batch_sizes, warmup=prof.warmup, iters=prof.iters, steps=prof.steps,
+                                  device=prof.device, max_seconds_per_case=prof.max_seconds_per_case)
+            fl = flops_per_preset.get(preset, {})
+            per_stage = None if not fl or "error" in fl else {
+                "vlm": fl["vlm"], "geometry": fl["geometry"], "action_step": fl["action_step"],
+                "chunk": fl["vlm"] + fl["geometry"] + prof.steps * fl["action_step"]}
+            cases = timed("components", lambda: run_components(cfg, manifest, per_stage, info.peak_gflops, _progress))
+            results["components"] += [c.to_dict() for c in cases]
+
+    if sections & {"e2e", "closed-loop", "peers"}:
+        run_served(results, prof, bundles, sections, serve_providers, args.threads, logs, timed)
+
+    results["elapsed_s"] = round(time.monotonic() - t_start, 1)
+    write_outputs(results, out)
+    _progress(f"done in {results['elapsed_s']:.0f} s: {out / 'report.md'}")
+    return results
+
+
+def run_served(results: dict[str, Any], prof, bundles: dict[str, Path], sections: set[str], providers: str,
+               threads: int, logs: Path, timed) -> None:
+    """e2e, closed loop and peers: one xvla-serve per preset, in its own process."""
+    from xvla.benchmarks.bundles import load_manifest, proprio_dim
+    from xvla.benchmarks.servers import start_xvla_serve, wait_serving
+
+    wanted = set()
+    if "e2e" in sections:
+        wanted |= set(prof.presets)
+    if "closed-loop" in sections:
+        wanted |= set(prof.fleet_presets)
+    if "peers" in sections:
+        wanted |= set(prof.comparison_presets)
+    for preset in [p for p in prof.presets if p in wanted] + [p for p in wanted if p not in prof.presets]:
+        bundle = bundles.get(preset)
+        if bundle is None:
+            continue
+        dim = proprio_dim(load_manifest(bundle))
+        _progress(f"{preset}: starting xvla-serve ({providers})")
+        try:
+            server = wait_serving(start_xvla_serve(bundle, logs, providers=providers, threads=threads))
+        except Exception as exc:  # noqa: BLE001
+            results["notes"].append(f"{preset}: xvla-serve did not start: {exc}")
+            continue
+        try:
+            if "e2e" in sections and preset in prof.presets:
+                from xvla.benchmarks.e2e import run_e2e
+
+                _progress(f"{preset}: end to end (Infer x{prof.infer_requests}, Stream x{prof.stream_ticks} at 30 Hz)")
+                results["e2e"][preset] = timed("e2e", lambda: run_e2e(
+                    preset, server.target, dim, prof.infer_requests, prof.stream_ticks).to_dict())
+            if "peers" in sections and preset in prof.comparison_presets:
+                from xvla.benchmarks.peers.compare import run_comparison
+
+                tick = (results["e2e"].get(preset) or {}).get("stream", {}).get("tick_ms_by_source", {}).get("QUEUE")
+                try:
+                    results["peers"][preset] = timed("peers", lambda: run_comparison(
+                        bundle, server.target, dim, prof.peer_requests, logs, stream_row=tick, progress=_progress,
+                        providers=providers, threads=threads))
+                except Exception as exc:  # noqa: BLE001
+                    logging.exception("peer comparison failed")
+                    results["peers"][preset] = {"error": f"{type(exc).__name__}: {exc}"}
+            if "closed-loop" in sections and preset in prof.fleet_presets:
+                from xvla.benchmarks.closed_loop import sweep
+
+                try:
+                    results["closed_loop"][preset] = timed("closed-loop", lambda: sweep(
+                        server, prof.fleet_sizes, prof.fleet_seconds, prof.fleet_refine, _progress))
+                except Exception as exc:  # noqa: BLE001
+                    logging.exception("closed loop failed")
+                    results["closed_loop"][preset] = {"error": f"{type(exc).__name__}: {exc}"}
+        finally:
+            server.stop()
+
+
+def write_outputs(results: dict[str, Any], out: Path) -> None:
+    from xvla.benchmarks.plots import write_plots
+    from xvla.benchmarks.report import render
+
+    plots = write_plots(results, out / "plots")
+    results["plots"] = [p.name for p in plots]
+    (out / "results.json").write_text(json.dumps(results, indent=1, default=str) + "\n")
+    (out / "report.md").write_text(render(results))
+
+
+def main(argv: Optional[list[str]] = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    args = build_parser().parse_args(argv)
+    args.argv = argv
+    logging.basicConfig(level=getattr(logging, str(args.log_level).upper(), logging.WARNING),
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    try:
+        run(args)
+    except KeyError as exc:  # unknown profile / preset: a clear message, not a traceback
+        print(f"xvla-bench: {exc.args[0]}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
