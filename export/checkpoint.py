@@ -49,6 +49,9 @@ class LoadReport:
     missing: list[str] = field(default_factory=list)  # in the model, not in the file (left as initialised)
     unexpected: list[str] = field(default_factory=list)  # in the file, not in the model (ignored)
     mismatched: list[tuple[str, tuple, tuple]] = field(default_factory=list)  # (key, file shape, model shape)
+    # in the file under the model's ``ignored_checkpoint_prefixes`` (sub-networks deliberately not
+    # built, e.g. DA3's depth head); skipped on purpose, so they do not make a load unclean
+    ignored: list[str] = field(default_factory=list)
 
     @property
     def clean(self) -> bool:
@@ -139,6 +142,16 @@ def compare_keys(model_state: dict[str, torch.Tensor], file_state: dict[str, tor
 
 # --------------------------------------------------------------------------- loading
 
+
+def drop_ignored(model: Any, state: dict[str, torch.Tensor]) -> tuple[dict[str, torch.Tensor], list[str]]:
+    """Split off file keys under ``model.ignored_checkpoint_prefixes`` (none for most models)."""
+    prefixes = tuple(getattr(model, "ignored_checkpoint_prefixes", ()))
+    if not prefixes:
+        return state, []
+    ignored = sorted(k for k in state if k.startswith(prefixes))
+    return {k: v for k, v in state.items() if not k.startswith(prefixes)}, ignored
+
+
 _INIT_FUNCTIONS = ("uniform_", "normal_", "trunc_normal_", "constant_", "zeros_", "ones_", "xavier_uniform_",
                    "xavier_normal_", "kaiming_uniform_", "kaiming_normal_", "orthogonal_")
 
@@ -185,6 +198,7 @@ def load_pretrained(path: Union[str, Path], strict: bool = True, model_cls: Opti
     if strict:
         with torch.device("meta"), skip_weight_init():
             model = model_cls(config)
+        state, ignored = drop_ignored(model, state)
         report = compare_keys(model.state_dict(), state)
         if not report.clean:
             raise CheckpointError(f"checkpoint {path} does not match the model: {report.describe()} "
@@ -195,6 +209,7 @@ def load_pretrained(path: Union[str, Path], strict: bool = True, model_cls: Opti
         _retie(model)
     else:
         model = model_cls(config)
+        state, ignored = drop_ignored(model, state)
         report = compare_keys(model.state_dict(), state)
         if report.mismatched:
             raise CheckpointError(f"checkpoint {path} has shape mismatches: {report.describe()}")
@@ -202,6 +217,10 @@ def load_pretrained(path: Union[str, Path], strict: bool = True, model_cls: Opti
         model.load_state_dict(loadable, strict=False)
         if not report.clean:
             log.warning("non-strict load of %s: %s", path, report.describe())
+    report.ignored = ignored
+    if ignored:
+        log.info("%s: skipped %d tensors of sub-networks the model does not build (%s)", path, len(ignored),
+                 ", ".join(getattr(model, "ignored_checkpoint_prefixes", ())))
     model.load_report = report
     if dtype is not None:
         model = model.to(dtype)

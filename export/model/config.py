@@ -239,6 +239,9 @@ class XVLAConfig:
     num_tasks: int = 50
     num_skills: int = 34
     prompt_mode: str = "add"
+    # DA3-XVLA geometry conditioning: the official ``geometry_conditioning`` dict (off unless
+    # ``enabled``); typed view in ``.geometry``, keys documented in docs/geometry.md.
+    geometry_conditioning: dict[str, Any] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)
 
     PRESETS: ClassVar[dict[str, Callable[[], "XVLAConfig"]]] = {}
@@ -258,6 +261,18 @@ class XVLAConfig:
             raise ValueError("skill_conditioning needs len_soft_prompts > 0 (the prompts are soft-prompt tokens)")
         if self.action_mode == "auto" and self.real_action_dim > self.max_action_dim:
             raise ValueError(f"real_action_dim {self.real_action_dim} > max_action_dim {self.max_action_dim}")
+        self.geometry_conditioning = dict(self.geometry_conditioning or {})
+        self.geometry  # validates an enabled geometry_conditioning early
+
+    @property
+    def geometry(self) -> Any:
+        """``GeometryConfig`` of an enabled ``geometry_conditioning``, else None (export/model/geometry.py)."""
+        if not self.geometry_conditioning.get("enabled", False):
+            return None
+        from .geometry import GeometryConfig
+
+        return GeometryConfig.from_official(self.geometry_conditioning, hidden_size=self.hidden_size,
+                                            mlp_ratio=self.mlp_ratio)
 
     # -- serialisation ----------------------------------------------------------------
     @classmethod
@@ -339,3 +354,22 @@ XVLAConfig.register_preset("tiny-r1pro", lambda: _r1pro(_tiny(), skills=False))
 XVLAConfig.register_preset("tiny-r1pro-v20", lambda: _r1pro(_tiny(), skills=True))
 XVLAConfig.register_preset("xvla-0.9b-r1pro", lambda: _r1pro(_xvla_09b(), skills=False))
 XVLAConfig.register_preset("xvla-0.9b-r1pro-v20", lambda: _r1pro(_xvla_09b(), skills=True))
+
+
+# DA3-XVLA (geometry-conditioned) presets; the dict is what an official config.json carries.
+_GEOMETRY_COMMON = {"enabled": True, "da3_source": "da3_encoder_inline", "fusion_type": "cross_attention",
+                    "fusion_position": "before_policy", "geometry_resampler_type": "perceiver",
+                    "geometry_projector_type": "mlp", "use_da3_latent_segmentation": False,
+                    "use_posed_da3": True, "freeze_da3": True, "da3_feature_size": 64, "da3_process_res": 224}
+# v17 card: DA3-LARGE frozen, 224, posed, 240 tokens; "last" is block 11 (upstream quirk, docs/geometry.md).
+_GEOMETRY_V17 = {**_GEOMETRY_COMMON, "da3_model_name": "depth-anything/DA3-LARGE", "da3_input_dim": 1024,
+                 "da3_feature_layer": "last", "num_geometry_tokens": 240, "cross_attention_layers": 6,
+                 "cross_attention_heads": 8}
+# Tiny X-VLA + the conformance-size DA3 (64-d, 6 blocks): fast on CPU.
+_GEOMETRY_TINY = {**_GEOMETRY_COMMON, "da3_model_name": "da3-tiny", "da3_input_dim": 64, "da3_feature_layer": 5,
+                  "num_geometry_tokens": 16, "cross_attention_layers": 2, "cross_attention_heads": 2}
+
+XVLAConfig.register_preset("tiny-geo", lambda: _tiny().replace(geometry_conditioning=dict(_GEOMETRY_TINY)))
+XVLAConfig.register_preset("da3-xvla", lambda: _xvla_09b().replace(geometry_conditioning=dict(_GEOMETRY_V17)))
+XVLAConfig.register_preset("da3-xvla-r1pro",
+                           lambda: _r1pro(_xvla_09b(), skills=False).replace(geometry_conditioning=dict(_GEOMETRY_V17)))

@@ -97,7 +97,8 @@ class GeometryConfig:
     ) -> "GeometryConfig":
         """From the `geometry_conditioning` dict of an official DA3-XVLA `config.json`.
 
-        The DA3 architecture comes from `da3` if given, else from `da3_model_name` (hub presets).
+        The DA3 architecture comes from `da3` if given, else from the dict's `da3_config` (our
+        addition: any layout `DA3Config.from_official` reads), else from `da3_model_name` (presets).
         """
         for key, allowed in cls._REQUIRED.items():
             if key in gc and gc[key] not in allowed:
@@ -106,6 +107,8 @@ class GeometryConfig:
             raise NotImplementedError("geometry_conditioning.geometry_hidden_dim != hidden_size is not supported")
         kw = {k: gc[k] for k in cls._OFFICIAL_KEYS if k in gc and gc[k] is not None}
         name = str(kw.get("da3_model_name", cls.da3_model_name))
+        if da3 is None and isinstance(gc.get("da3_config"), Mapping):
+            da3 = DA3Config.from_official(gc["da3_config"])  # ours: an explicit official DA3 config
         da3 = da3 or DA3Config.preset(name)
         kw.setdefault("da3_input_dim", da3.embed_dim)
         return cls(da3=da3, hidden_size=hidden_size, mlp_ratio=mlp_ratio, **kw)
@@ -165,8 +168,6 @@ class DA3InlineEncoder(nn.Module):
         self.feature_size = int(feature_size)
         self.process_res = int(process_res)
         self.native_input = bool(native_input)
-        self.register_buffer("_mean", torch.tensor(IMAGENET_MEAN).view(1, 3, 1, 1), persistent=False)
-        self.register_buffer("_std", torch.tensor(IMAGENET_STD).view(1, 3, 1, 1), persistent=False)
         if freeze:
             self.model.requires_grad_(False)
 
@@ -190,7 +191,11 @@ class DA3InlineEncoder(nn.Module):
         fy, cy with the height ratio.
         """
         b, v, c, h, w = image_input.shape
-        x = (image_input.float() * self._std + self._mean).clamp(0.0, 1.0)
+        # ImageNet statistics as constants (upstream keeps them as non-persistent buffers, which a
+        # meta-device build followed by assign-loading would leave without data).
+        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=image_input.device).view(1, 3, 1, 1)
+        std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=image_input.device).view(1, 3, 1, 1)
+        x = (image_input.float() * std + mean).clamp(0.0, 1.0)
         th, tw = self.target_size(h, w)
         k = intrinsics.float() if intrinsics is not None else None
         if (th, tw) != (h, w):
@@ -407,3 +412,28 @@ def build_da3_inline(cfg: GeometryConfig) -> DA3InlineEncoder:
         native_input=cfg.da3_native_input,
         freeze=cfg.freeze_da3,
     )
+
+
+# --------------------------------------------------------------------------- X-VLA integration
+DA3_CHECKPOINT_PREFIX = "da3_inline.model.model."
+
+
+def attach_geometry(model: nn.Module, cfg: GeometryConfig) -> None:
+    """Build the geometry modules onto an X-VLA model under the checkpoint's names.
+
+    `model.da3_inline` (frozen DA3), `model.geometry_conditioner`, `model.transformer.geometry_fusion`,
+    and `model.ignored_checkpoint_prefixes`: the official DA3 sub-networks we do not build
+    (`da3_inline.model.model.head.` / `cam_dec.`), which checkpoint loading skips and reports.
+    """
+    model.da3_inline = build_da3_inline(cfg)
+    model.geometry_conditioner = GeometryConditioner.from_config(cfg)
+    model.transformer.geometry_fusion = GeometryCrossAttentionFusion.from_config(cfg)
+    model.ignored_checkpoint_prefixes = tuple(DA3_CHECKPOINT_PREFIX + p for p in cfg.da3.ignored_prefixes)
+
+
+def geometry_encoder_of(model: nn.Module) -> GeometryEncoder:
+    """The exportable geometry graph of an X-VLA geometry model (shares its modules and weights)."""
+    cfg = getattr(model, "geometry_config", None)
+    if cfg is None or model.da3_inline is None or model.geometry_conditioner is None:
+        raise ValueError("this X-VLA model has no geometry encoder (config.geometry_conditioning is not enabled)")
+    return GeometryEncoder(model.da3_inline, model.geometry_conditioner, use_posed=cfg.use_posed_da3)

@@ -41,9 +41,14 @@ class XVLA(nn.Module):
         self.skill_heads: Optional[SkillHeads] = (
             SkillHeads(config.florence_config.projection_dim, config.num_skills) if config.skill_conditioning else None
         )
-        # Geometry (DA3) parts: filled in by the geometry code for geometry checkpoints.
+        # Geometry (DA3) parts, built when config.geometry_conditioning is enabled (export/model/geometry.py).
         self.da3_inline: Optional[nn.Module] = None
         self.geometry_conditioner: Optional[nn.Module] = None
+        self.geometry_config = config.geometry
+        if self.geometry_config is not None:
+            from .geometry import attach_geometry
+
+            attach_geometry(self, self.geometry_config)
 
     # -- checkpoint I/O (export/checkpoint.py) -----------------------------------------
     @classmethod
@@ -79,6 +84,11 @@ class XVLA(nn.Module):
             raise ValueError("extrinsics/intrinsics were given but this model has no geometry encoder "
                              "(da3_inline / geometry_conditioner are not set); use a geometry checkpoint "
                              "or leave extrinsics=None")
+        if self.geometry_config is not None and not self.geometry_config.use_posed_da3:
+            extrinsics = intrinsics = None  # upstream: without use_posed_da3 DA3 runs unposed
+        elif extrinsics is None or intrinsics is None:
+            raise ValueError("this geometry model is posed (use_posed_da3): pass extrinsics [B,V,4,4] "
+                             "and intrinsics [B,V,3,3]")
         return self.geometry_conditioner(self.da3_inline(image_input, extrinsics, intrinsics))
 
     # -- inference ----------------------------------------------------------------------
@@ -117,9 +127,9 @@ class XVLA(nn.Module):
             progress = select_skill(heads["progress"], skill_id)
 
         geometry_tokens = None
-        if extrinsics is not None:
-            if intrinsics is None:
-                raise ValueError("extrinsics given without intrinsics")
+        if extrinsics is not None or self.geometry_conditioner is not None:  # once per chunk
+            if (extrinsics is None) != (intrinsics is None):
+                raise ValueError("extrinsics and intrinsics must be given together")
             geometry_tokens = self.compute_geometry_tokens(image_input, extrinsics, intrinsics)
 
         if noise is None:

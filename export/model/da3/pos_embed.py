@@ -79,8 +79,8 @@ def resize_pos_embed(
         sy, sx = (rows + offset) / m, (cols + offset) / m
     else:
         sy, sx = None, None
-    wy = bicubic_matrix(m, rows, sy)  # [rows, M]
-    wx = bicubic_matrix(m, cols, sx)  # [cols, M]
+    wy = bicubic_matrix(m, rows, sy).to(pe.device)  # [rows, M]
+    wx = bicubic_matrix(m, cols, sx).to(pe.device)  # [cols, M]
     if offset and (output_size(m, sy) != rows or output_size(m, sx) != cols):
         raise ValueError(f"pos_embed resize: scale factors do not give a {rows}x{cols} grid")
     # out[r, c, :] = sum_ij wy[r, i] * grid[i, j, :] * wx[c, j]
