@@ -110,7 +110,7 @@ def test_camera_token(gold: DA3Set, net: DA3Net, da3_input):
 
 # ----------------------------------------------------------------------------- backbone
 def test_exported_feature_layers(gold: DA3Set, all_features):
-    keys = {**{i: k for i, k in gold.layer_keys(r"all_export\.feat_layer_(\d+)").items()}}
+    keys = gold.layer_keys(r"all_export\.feat_layer_(\d+)")
     singles = gold.layer_keys(r"feat_layer_(\d+)")
     assert singles, "no feat_layer_* golden"
     assert gold.feature_layer in singles, f"golden feat layers {sorted(singles)} lack the configured {gold.feature_layer}"
