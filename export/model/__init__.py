@@ -1,25 +1,42 @@
 """Model code: one module per block of X-VLA (Florence-2 encoder, action transformer, DA3 geometry).
 
 Public entry points: :class:`XVLA` and :class:`XVLAConfig` (``XVLAConfig.preset("tiny")``).
+
+Names are resolved lazily (PEP 562) so that torch-free helpers in this package, such as
+:mod:`xvla.export.model.pose`, can be imported by the serving runtime without torch.
 """
 
-from .action_space import ActionSpace, AutoActionSpace, EE6DActionSpace, JointActionSpace, build_action_space
-from .bart import BartEncoder, BartEncoderLayer, BartSelfAttention
-from .config import (R1PRO_ACTION_DIM, R1PRO_IDX_FOR_DELTA, BartEncoderConfig, DaViTConfig, FlorenceConfig,
-                     XVLAConfig)
-from .davit import ChannelAttention, ChannelBlock, DaViT, SpatialBlock, WindowAttention
-from .florence import Florence2Encoder
-from .heads import SkillHeads, select_skill
-from .transformer import (Attention, DomainAwareLinear, Mlp, SoftPromptedTransformer, TransformerBlock,
-                          timestep_embedding)
-from .xvla import XVLA
+from __future__ import annotations
 
-__all__ = [
-    "XVLA", "XVLAConfig", "DaViTConfig", "BartEncoderConfig", "FlorenceConfig",
-    "R1PRO_ACTION_DIM", "R1PRO_IDX_FOR_DELTA",
-    "ActionSpace", "EE6DActionSpace", "JointActionSpace", "AutoActionSpace", "build_action_space",
-    "DaViT", "SpatialBlock", "ChannelBlock", "WindowAttention", "ChannelAttention",
-    "BartEncoder", "BartEncoderLayer", "BartSelfAttention", "Florence2Encoder",
-    "SoftPromptedTransformer", "DomainAwareLinear", "TransformerBlock", "Attention", "Mlp", "timestep_embedding",
-    "SkillHeads", "select_skill",
-]
+import importlib
+from typing import Any
+
+_EXPORTS: dict[str, str] = {
+    "ActionSpace": "action_space", "AutoActionSpace": "action_space", "EE6DActionSpace": "action_space",
+    "JointActionSpace": "action_space", "build_action_space": "action_space",
+    "BartEncoder": "bart", "BartEncoderLayer": "bart", "BartSelfAttention": "bart",
+    "R1PRO_ACTION_DIM": "config", "R1PRO_IDX_FOR_DELTA": "config", "BartEncoderConfig": "config",
+    "DaViTConfig": "config", "FlorenceConfig": "config", "XVLAConfig": "config",
+    "ChannelAttention": "davit", "ChannelBlock": "davit", "DaViT": "davit", "SpatialBlock": "davit",
+    "WindowAttention": "davit",
+    "Florence2Encoder": "florence",
+    "SkillHeads": "heads", "select_skill": "heads",
+    "Attention": "transformer", "DomainAwareLinear": "transformer", "Mlp": "transformer",
+    "SoftPromptedTransformer": "transformer", "TransformerBlock": "transformer", "timestep_embedding": "transformer",
+    "XVLA": "xvla",
+}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str) -> Any:
+    module = _EXPORTS.get(name)
+    if module is None:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    value = getattr(importlib.import_module(f"{__name__}.{module}"), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__() -> list[str]:
+    return __all__
