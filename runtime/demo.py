@@ -77,8 +77,15 @@ async def drive(target: str, seconds: float, rate: float, mode: str, console) ->
                           f"queue {r.queue_depth:2d}  chunk {r.chunk_id}" + (f"  skill {r.skill}" if r.skill else ""))
             window.clear()
 
-    res = await run_stream(target, header, lambda f: synthetic_observation(f, desc.cameras, proprio_dim, rng),
-                           n=n, rate_hz=rate, on_tick=on_tick)
+    pool = [synthetic_observation(0, desc.cameras, proprio_dim, rng) for _ in range(8)]  # camera frames
+
+    def observe(frame: int) -> pb.Observation:  # the robot's sensors: a fresh message per tick, pre-rendered pixels
+        obs = pb.Observation()
+        obs.CopyFrom(pool[frame % len(pool)])
+        obs.frame_index = frame
+        return obs
+
+    res = await run_stream(target, header, observe, n=n, rate_hz=rate, on_tick=on_tick)
     if res.code.name != "OK":
         console.print(f"[red]stream ended with {res.code.name}: {res.details}")
         return 1

@@ -9,6 +9,7 @@ raise unless the caller explicitly allowed the fallback.
 from __future__ import annotations
 
 import logging
+import os
 from pathlib import Path
 from typing import Any, Mapping, Sequence
 
@@ -69,6 +70,7 @@ class OnnxRuntimeEngine(Engine):
         precision: str = "fp32",
         trt_cache_dir: Path | None = None,
         route: str = "",
+        spin: bool = False,
     ) -> None:
         import onnxruntime as ort  # serve extra; never torch
 
@@ -89,9 +91,16 @@ class OnnxRuntimeEngine(Engine):
             usable = ["CPUExecutionProvider"]
         opts = ort.SessionOptions()
         opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        if not intra_op_threads and usable[0] == "CPUExecutionProvider":
+            # leave one core to the event loop that answers robots from the queue
+            intra_op_threads = max(1, (os.cpu_count() or 2) - 1)
         if intra_op_threads:
             opts.intra_op_num_threads = intra_op_threads
         opts.log_severity_level = 3
+        # ORT's worker threads busy-wait between ops by default: fine on a dedicated inference box,
+        # but on a shared CPU it starves the event loop that answers robots from the queue.
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "1" if spin else "0")
         provider_list = [(p, _provider_options(p, trt_cache_dir, precision == "fp16")) for p in usable]
         try:
             self._session = ort.InferenceSession(str(path), sess_options=opts, providers=provider_list)
