@@ -50,6 +50,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--machine", help="machine name for the results folder (default cpu-<n>core or the GPU name)")
     p.add_argument("--artifacts", type=Path, default=Path(os.environ.get("XVLA_BENCH_ARTIFACTS", "artifacts/bench")),
                    help="where bench bundles are exported and cached (default artifacts/bench)")
+    p.add_argument("--bundle", action="append", default=[], metavar="PRESET=DIR",
+                   help="use this already exported bundle for PRESET instead of exporting one (repeatable)")
     p.add_argument("--only", type=_csv, help=f"run only these sections: {','.join(SECTIONS)}")
     p.add_argument("--skip", type=_csv, default=(), help="skip these sections")
     p.add_argument("--backends", type=_csv, help="override the profile's backends (torch,ort-cpu,ort-cuda,ort-tensorrt,tensorrt)")
@@ -78,7 +80,11 @@ def resolve_profile(args: argparse.Namespace, gpus: list[str]):
         name = "cpu" if not gpus else ("h200" if any("H200" in g.upper() for g in gpus) else "a6000")
     prof = get_profile(name)
     if args.preset:
+        from xvla.benchmarks.presets import get_preset
+
         presets = tuple(x for item in args.preset for x in _csv(item))
+        for p in presets:
+            get_preset(p)  # unknown names fail here, before minutes of work
         prof = prof.with_presets(presets)
     if args.quick:
         prof = prof.quick()
@@ -138,20 +144,36 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         names = list(prof.presets) + ([p for p in ALL_FLOPS_PRESETS if p not in prof.presets] if not args.quick else [])
         _progress(f"counting FLOPs: {', '.join(names)}")
         flops_per_preset = timed("flops", lambda: count_all(names, prof.steps))
+        from xvla.benchmarks.profiles import expected_memory_gib
+
+        for f in flops_per_preset.values():
+            if "params" in f:
+                f["expected_memory_gib"] = {p: round(expected_memory_gib(f["params"], p, max(prof.batch_sizes)), 2)
+                                            for p in prof.precisions}
+                f["expected_memory_batch"] = max(prof.batch_sizes)
         if "flops" in sections:
             results["flops"] = flops_per_preset
 
+    given = dict(_bundle_arg(b) for b in args.bundle)
     bundles: dict[str, Path] = {}
+    trt_bundles: dict[str, dict[str, Path]] = {}
+    trt_missing: dict[str, dict[str, str]] = {}
     needs_bundle = sections & {"components", "e2e", "closed-loop", "peers"}
     for preset in prof.presets:
         if not needs_bundle:
             break
+        if preset in given:
+            bundles[preset] = given[preset]
+            continue
         _progress(f"bundle for {preset} (exported once, cached in {args.artifacts})")
         try:
             bundles[preset] = timed("export", lambda: ensure_bench_bundle(preset, args.artifacts,
                                                                           max_batch=max(prof.batch_sizes)))
         except Exception as exc:  # noqa: BLE001 - a preset that cannot be exported here is reported
             results["notes"].append(f"{preset}: no bundle ({type(exc).__name__}: {exc}); its cases were not run")
+            continue
+        if "components" in sections and "tensorrt" in prof.backends and prof.device == "cuda":
+            trt_bundles[preset], trt_missing[preset] = export_trt_bundles(preset, prof, args.artifacts, timed)
 
     if "components" in sections:
         from xvla.benchmarks.components import ComponentConfig, run_components
@@ -160,7 +182,8 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             manifest = load_manifest(bundle)
             cfg = ComponentConfig(preset=preset, bundle_dir=bundle, backends=prof.backends, precisions=prof.precisions,
                                   batch_sizes=prof.batch_sizes, warmup=prof.warmup, iters=prof.iters, steps=prof.steps,
-                                  device=prof.device, max_seconds_per_case=prof.max_seconds_per_case)
+                                  device=prof.device, max_seconds_per_case=prof.max_seconds_per_case,
+                                  trt_bundles=trt_bundles.get(preset, {}), trt_missing=trt_missing.get(preset, {}))
             fl = flops_per_preset.get(preset, {})
             per_stage = None if not fl or "error" in fl else {
                 "vlm": fl["vlm"], "geometry": fl["geometry"], "action_step": fl["action_step"],
@@ -175,6 +198,35 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     write_outputs(results, out)
     _progress(f"done in {results['elapsed_s']:.0f} s: {out / 'report.md'}")
     return results
+
+
+def _bundle_arg(text: str) -> tuple[str, Path]:
+    preset, sep, path = text.partition("=")
+    if not sep or not preset or not path:
+        raise SystemExit(f"xvla-bench: --bundle expects PRESET=DIR, got {text!r}")
+    if not (Path(path) / "manifest.json").is_file():
+        raise SystemExit(f"xvla-bench: --bundle {preset}={path}: no manifest.json there")
+    return preset, Path(path).resolve()
+
+
+def export_trt_bundles(preset: str, prof, artifacts: Path, timed) -> tuple[dict[str, Path], dict[str, str]]:
+    """Bundles with native TensorRT plans, one per precision (built on this GPU); reasons for the missing ones."""
+    import importlib.util
+
+    from xvla.benchmarks.bundles import ensure_bench_bundle
+
+    found: dict[str, Path] = {}
+    missing: dict[str, str] = {}
+    if importlib.util.find_spec("tensorrt") is None:
+        return found, {p: "tensorrt: the tensorrt Python package is not installed" for p in prof.precisions}
+    for precision in prof.precisions:
+        _progress(f"TensorRT plans for {preset} ({precision})")
+        try:
+            found[precision] = timed("export", lambda: ensure_bench_bundle(
+                preset, artifacts, max_batch=max(prof.batch_sizes), precision=precision, trt=True))
+        except Exception as exc:  # noqa: BLE001
+            missing[precision] = f"tensorrt: building {precision} plans failed: {type(exc).__name__}: {str(exc)[-300:]}"
+    return found, missing
 
 
 def run_served(results: dict[str, Any], prof, bundles: dict[str, Path], sections: set[str], providers: str,

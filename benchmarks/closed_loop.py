@@ -124,6 +124,7 @@ class FleetRun:
             "robots": self.robots, "seconds": self.seconds, "held": self.held, "starved_ticks": self.starved,
             "ticks": tot("ticks"), "skipped_ticks": tot("skipped_ticks"), "fresh_ticks": tot("fresh_ticks"),
             "plan_ticks": tot("plan_ticks"), "safe_ticks": tot("safe_ticks"), "missed_deadlines": tot("missed_deadlines"),
+            "fresh_pct": round(100.0 * tot("fresh_ticks") / max(1, tot("ticks")), 1),
             "late_replies": tot("late_replies"), "reconnects": tot("reconnects"),
             "jitter_ms_p50_mean": agg("jitter_ms", "p50", lambda v: sum(v) / len(v)),
             "jitter_ms_p99_max": agg("jitter_ms", "p99"), "jitter_ms_max": agg("jitter_ms", "max"),

@@ -223,13 +223,12 @@ class OrtRunner(Runner):
         if self.provider not in ort.get_available_providers():
             raise Skip(f"{backend}: this onnxruntime ({ort.__version__}) has no {self.provider} "
                        f"(available: {ort.get_available_providers()}); install onnxruntime-gpu")
-        bundle_precision = str(manifest.get("precision", "fp32"))
         if backend == "ort-tensorrt":
             if precision not in ("fp32", "fp16"):
                 raise Skip(f"{backend}: {precision} is not a TensorRT-provider precision (fp32, fp16)")
-        elif precision != bundle_precision:
-            raise Skip(f"{backend}: runs the graph's own precision ({bundle_precision}); {precision} needs a "
-                       f"{precision} bundle")
+        elif precision != "fp32":
+            raise Skip(f"{backend}: bundles' ONNX graphs are fp32 (lower precision runs through TensorRT: "
+                       "ort-tensorrt / tensorrt)")
         self.device = "cpu" if backend == "ort-cpu" else "cuda"
         self.io = "host" if backend == "ort-cpu" else "device"
         opts: dict[str, Any] = {}
@@ -371,6 +370,14 @@ class ComponentConfig:
     device: str
     max_seconds_per_case: Optional[float] = None
     threads: int = 0
+    trt_bundles: dict[str, Path] = field(default_factory=dict)  # precision -> bundle with TensorRT plans
+    trt_missing: dict[str, str] = field(default_factory=dict)  # precision -> why there is none
+
+
+def _read_manifest(bundle: Path) -> dict[str, Any]:
+    import json
+
+    return json.loads((Path(bundle) / "manifest.json").read_text())
 
 
 def make_runner(backend: str, cfg: ComponentConfig, manifest: Mapping[str, Any], precision: str) -> Runner:
@@ -379,7 +386,11 @@ def make_runner(backend: str, cfg: ComponentConfig, manifest: Mapping[str, Any],
     if backend in ORT_PROVIDERS:
         return OrtRunner(cfg.bundle_dir, manifest, precision, cfg.steps, backend=backend, threads=cfg.threads)
     if backend == "tensorrt":
-        return TensorRTRunner(cfg.bundle_dir, manifest, precision, cfg.steps)
+        trt_bundle = cfg.trt_bundles.get(precision)
+        if trt_bundle is None:
+            raise Skip(cfg.trt_missing.get(precision) or f"tensorrt: no bundle with {precision} TensorRT plans "
+                       "(they are built on the GPU that serves: xvla-export --trt --precision ...)")
+        return TensorRTRunner(trt_bundle, _read_manifest(trt_bundle), precision, cfg.steps)
     raise ValueError(f"unknown backend {backend!r}")
 
 

@@ -55,6 +55,7 @@ def count_chunk_flops(preset: str, steps: int = 10, num_views: int = 3, image_si
     from xvla.export.graphs import ActionGraph, GeometryGraph, VLMGraph, model_has_geometry, model_has_prompts
 
     model = model if model is not None else build_model(preset, device=device)
+    model.requires_grad_(False)  # FlopCounterMode's module tracker hooks autograd for inputs that need grad
     dev = torch.device(device)
     h, w = image_size
     cfg = model.config

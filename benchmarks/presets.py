@@ -49,6 +49,8 @@ def r1pro_variant(cfg: XVLAConfig) -> XVLAConfig:
 if "xvla-small" not in XVLAConfig.PRESETS:
     XVLAConfig.register_preset("xvla-small", _xvla_small)
     XVLAConfig.register_preset("xvla-small-r1pro", lambda: r1pro_variant(_xvla_small()))
+if "tiny-geo" in XVLAConfig.PRESETS and "tiny-geo-r1pro" not in XVLAConfig.PRESETS:
+    XVLAConfig.register_preset("tiny-geo-r1pro", lambda: r1pro_variant(XVLAConfig.preset("tiny-geo")))
 
 
 @dataclass(frozen=True)
@@ -70,10 +72,10 @@ class BenchPreset:
 PRESETS: dict[str, BenchPreset] = {
     p.name: p for p in (
         BenchPreset("tiny", "tiny-r1pro", False, "CI size: same topology as 0.9B, widths 16-64"),
-        BenchPreset("tiny-geo", "tiny-geo", True, "tiny + a tiny DA3 geometry encoder"),
+        BenchPreset("tiny-geo", "tiny-geo-r1pro", True, "tiny + a tiny DA3 geometry encoder"),
         BenchPreset("xvla-small", "xvla-small-r1pro", False, "mid size for CPU machines (defined here)"),
         BenchPreset("xvla-0.9b", "xvla-0.9b-r1pro", False, "X-VLA-0.9B (Florence-2-large encoder)"),
-        BenchPreset("da3-xvla", "da3-xvla", True, "X-VLA-0.9B + DA3-LARGE geometry encoder (v17)"),
+        BenchPreset("da3-xvla", "da3-xvla-r1pro", True, "X-VLA-0.9B + DA3-LARGE geometry encoder (v17)"),
     )
 }
 

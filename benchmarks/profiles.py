@@ -49,8 +49,8 @@ class Profile:
         """Seconds, not minutes: the test suite's cut (tiny, batch 1, few iterations, K = 1, 2)."""
         return dataclasses.replace(
             self, name=f"{self.name}-quick", presets=self.presets[:1], precisions=self.precisions[:1],
-            batch_sizes=(1,), warmup=1, iters=5, max_seconds_per_case=3.0, infer_requests=8, stream_ticks=30,
-            fleet_sizes=(1, 2), fleet_seconds=2.0, fleet_refine=False, peer_requests=8,
+            batch_sizes=(1,), warmup=1, iters=3, max_seconds_per_case=2.0, infer_requests=5, stream_ticks=30,
+            fleet_sizes=(1, 2), fleet_seconds=1.5, fleet_refine=False, peer_requests=5,
             closed_loop_presets=self.presets[:1], peer_presets=self.presets[:1])
 
     def with_presets(self, presets: tuple[str, ...]) -> "Profile":
@@ -87,14 +87,14 @@ PROFILES: dict[str, Profile] = {
         batch_sizes=(1, 2, 4, 8, 16), warmup=10, iters=100, max_seconds_per_case=30.0,
         infer_requests=100, stream_ticks=900, fleet_sizes=(1, 2, 4, 8, 16, 32), fleet_seconds=20.0,
         closed_loop_presets=("xvla-0.9b",), peer_requests=100, peer_presets=("xvla-0.9b",), memory_gib=48.0,
-        notes="RTX A6000 48 GB: 0.9B fp16 weights 1.6 GiB, DA3-XVLA ~2.4 GiB; batch 16 fits with room."),
+        notes="RTX A6000 48 GB: weights 0.9B 1.6 GiB fp16 / 3.3 GiB fp32, DA3-XVLA (1.39B) 2.6 / 5.2 GiB."),
     "h200": Profile(
         name="h200", device="cuda", presets=("xvla-0.9b", "da3-xvla", "tiny"),
         backends=("torch", "ort-cuda", "ort-tensorrt", "tensorrt"), precisions=("fp16", "bf16", "fp32"),
         batch_sizes=(1, 2, 4, 8, 16, 32), warmup=10, iters=200, max_seconds_per_case=30.0,
         infer_requests=200, stream_ticks=900, fleet_sizes=(1, 2, 4, 8, 16, 32, 64), fleet_seconds=20.0,
         closed_loop_presets=("xvla-0.9b",), peer_requests=200, peer_presets=("xvla-0.9b",), memory_gib=141.0,
-        notes="H200 141 GB: batch 32 of DA3-XVLA in fp32 is ~13 GiB; memory is never the limit, time is."),
+        notes="H200 141 GB: DA3-XVLA fp32 at batch 32 is ~14 GiB expected; memory is never the limit, time is."),
 }
 
 

@@ -65,13 +65,17 @@ def flops_section(r: dict[str, Any]) -> list[str]:
         if "error" in f:
             rows.append([name, "-", "-", "-", "-", "-", f"not counted: {f['error']}"])
             continue
+        mem = ", ".join(f"{p} {v} GiB" for p, v in (f.get("expected_memory_gib") or {}).items())
         rows.append([name, f"{f['params'] / 1e6:,.1f} M", _f(f["vlm"] / 1e9, 2), _f(f["geometry"] / 1e9, 2),
-                     _f(f["action_step"] / 1e9, 3), f"**{_f(f['chunk'] / 1e9, 1)}**", f["method"]])
+                     _f(f["action_step"] / 1e9, 3), f"**{_f(f['chunk'] / 1e9, 1)}**",
+                     f"{mem} (batch {f.get('expected_memory_batch', '-')})" if mem else "-"])
+    method = next((f["method"] for f in fl.values() if "method" in f), "")
     return ["## FLOPs per chunk (counted)", "",
-            f"vlm once + geometry once + {next(iter(fl.values())).get('steps', 10)} x action step, batch 1 "
-            "(matmul/conv/attention FLOPs, a multiply-add = 2; elementwise ops not counted).", "",
-            *_table(["preset", "params", "vlm GFLOP", "geometry GFLOP", "action step GFLOP", "chunk GFLOP", "method"],
-                    rows), ""]
+            f"vlm once + geometry once + {next(iter(fl.values())).get('steps', 10)} x action step, batch 1, "
+            f"counted with {method} (matmul/conv/attention FLOPs, a multiply-add = 2; elementwise ops not counted). "
+            "Expected memory = weights at that precision + 0.25 GiB activations per sample + 1 GiB runtime.", "",
+            *_table(["preset", "params", "vlm GFLOP", "geometry GFLOP", "action step GFLOP", "chunk GFLOP",
+                     "expected memory"], rows), ""]
 
 
 def components_section(r: dict[str, Any]) -> list[str]:
@@ -139,16 +143,21 @@ def closed_loop_section(r: dict[str, Any]) -> list[str]:
         for run in s["runs"]:
             u = run["utilisation"]
             rows.append([str(run["robots"]), "yes" if run["held"] else "no", str(run["starved_ticks"]),
-                         str(run["ticks"]), str(run["skipped_ticks"]), str(run["safe_ticks"]),
+                         str(run["ticks"]), _f(run.get("fresh_pct"), 1), str(run["skipped_ticks"]), str(run["safe_ticks"]),
                          str(run["missed_deadlines"]), _f(run["jitter_ms_p50_mean"]), _f(run["jitter_ms_p99_max"]),
                          _f(run["rtt_ms_p50_mean"]), _f(run["chunks_per_s"]),
                          _f(u.get("server_cpu_pct_mean"), 0), _f(u.get("agents_cpu_pct_mean"), 0),
                          _f(u.get("machine_cpu_pct_mean"), 0), _f(u.get("gpu_util_pct_mean"), 0)])
-        lines += _table(["robots", "held", "starved", "ticks", "skipped", "safe", "missed deadline", "jitter p50",
+        lines += _table(["robots", "held", "starved", "ticks", "fresh %", "skipped", "safe", "missed deadline", "jitter p50",
                          "jitter p99 (worst)", "rtt p50", "chunks/s", "server CPU %", "agents CPU %",
                          "machine CPU %", "GPU %"], rows)
         lines.append("")
-    lines += ["CPU % is per core (100 = one core busy); machine CPU % is of all cores. GPU % needs NVML "
+    lines += ["`held` = zero starved ticks (no tick of any robot waited for inference on the server). "
+              "`fresh %` = ticks that executed the server's answer for that very frame within the robot's reply "
+              "deadline (60% of a 33 ms tick); the others executed the held plan (`plan`) or, with no usable plan "
+              "(the first ticks of a session, before its first chunk, are always `safe`), the safe action. "
+              "Skipped = clock slots a robot's own loop missed. Jitter = actual - scheduled tick start (ms).",
+              "CPU % is per core (100 = one core busy); machine CPU % is of all cores. GPU % needs NVML "
               "(`pip install nvidia-ml-py`) and a GPU.", ""]
     return lines
 
@@ -172,10 +181,10 @@ def peers_section(r: dict[str, Any]) -> list[str]:
             rows.append([row["label"], row["transport"], _f(row["rtt_ms"]["p50"]), _f(row["server_ms"]["p50"]),
                          f"**{_f(o['p50'])}**", _f(o["p90"]), _f(o["p99"]), _bytes(row["request_bytes"]),
                          _bytes(row["response_bytes"]), _bytes(row.get("request_bytes_native_cameras")),
-                         _f(row["polls_per_request"], 1)])
+                         _f(row["rpcs_per_chunk"], 1)])
         lines += [f"### {preset} ({res['requests_per_protocol']} requests per protocol)", "",
                   *_table(["server", "protocol", "rtt p50", "compute p50", "overhead p50", "overhead p90",
-                           "overhead p99", "request", "reply", "request at native camera sizes", "calls/request"],
+                           "overhead p99", "request", "reply", "request at native camera sizes", "calls per chunk"],
                           rows), ""]
         tick = res.get("ours_stream_tick")
         if tick:

@@ -26,7 +26,7 @@ class Reply:
     server_ms: float
     request_bytes: int
     response_bytes: int
-    polls: int = 1
+    rpcs: int = 1  # calls the client made for this one chunk
 
     @property
     def overhead_ms(self) -> float:
@@ -97,7 +97,7 @@ class LeRobotClient:
         out = codecs.pickle_loads(data)
         chunk = np.stack([a["action"] for a in out["actions"]]).astype(np.float32)
         rtt = (time.perf_counter() - t0) * 1000.0
-        return Reply(chunk, rtt, float(out["server_ms"]), len(payload), len(data), polls)
+        return Reply(chunk, rtt, float(out["server_ms"]), len(payload), len(data), 1 + polls)  # send + polls
 
     def close(self) -> None:
         self.channel.close()

@@ -36,7 +36,7 @@ def measure(client: Any, pool: list[BenchObservation], n: int, warmup: int = 2) 
         "overhead_samples_ms": [round(r.overhead_ms, 3) for r in replies],
         "request_bytes": int(np.mean([r.request_bytes for r in replies])),
         "response_bytes": int(np.mean([r.response_bytes for r in replies])),
-        "polls_per_request": float(np.mean([r.polls for r in replies])),
+        "rpcs_per_chunk": float(np.mean([r.rpcs for r in replies])),
         "chunk_shape": list(replies[-1].chunk.shape),
     }
 
