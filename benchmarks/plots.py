@@ -83,20 +83,32 @@ def stage_breakdown(results: dict[str, Any], path: Path) -> Path:
 
 
 def fleet(results: dict[str, Any], path: Path) -> Path:
-    """Robots vs starved ticks (bars) and chunks/s (line) per closed-loop preset."""
-    cl = results.get("closed_loop") or {}
+    """Robots vs starved ticks (bars, labelled) and chunks/s (line) per closed-loop preset."""
+    cl = {k: v for k, v in (results.get("closed_loop") or {}).items() if "runs" in v}
     fig, ax = plt.subplots(figsize=(7, 4.5))
     ax2 = ax.twinx()
     width = 0.8 / max(1, len(cl))
+    all_k: set[int] = set()
+    top = 1
     for i, (preset, sweep) in enumerate(cl.items()):
         runs = sweep.get("runs", [])
         ks = [r["robots"] for r in runs]
-        ax.bar([k + (i - (len(cl) - 1) / 2) * width for k in ks], [r["starved_ticks"] for r in runs], width=width,
-               label=f"{preset}: starved ticks", alpha=0.7)
+        all_k.update(ks)
+        xs = [k + (i - (len(cl) - 1) / 2) * width for k in ks]
+        starved = [r["starved_ticks"] for r in runs]
+        top = max([top] + starved)
+        bars = ax.bar(xs, starved, width=width, label=f"{preset}: starved ticks", alpha=0.7)
+        ax.bar_label(bars, labels=[str(v) for v in starved], fontsize=7)
         ax2.plot(ks, [r["chunks_per_s"] or 0 for r in runs], marker="o", label=f"{preset}: chunks/s")
+        ax.axvline(sweep.get("max_robots_zero_starved", 0) + 0.5, color=bars.patches[0].get_facecolor() if bars.patches
+                   else "grey", linestyle=":", linewidth=1)
     if not cl:
         ax.text(0.5, 0.5, "no closed-loop runs", ha="center", va="center", transform=ax.transAxes)
-    ax.set_xlabel("robots (30 Hz simulated R1Pro agents)")
+    if all_k:
+        ax.set_xticks(sorted(all_k))
+    ax.set_ylim(0, top * 1.25)
+    ax2.set_ylim(bottom=0)
+    ax.set_xlabel("robots (30 Hz simulated R1Pro agents); dotted: the most held with zero starved ticks")
     ax.set_ylabel("starved ticks (sum over robots)")
     ax2.set_ylabel("chunks per second")
     h1, l1 = ax.get_legend_handles_labels()

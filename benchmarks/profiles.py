@@ -77,7 +77,7 @@ def expected_memory_gib(params: int, precision: str, batch: int, activation_gib_
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(
         name="cpu", device="cpu", presets=("tiny", "xvla-small"), backends=("torch", "ort-cpu"),
-        precisions=("fp32",), batch_sizes=(1, 2, 4), warmup=2, iters=20, max_seconds_per_case=15.0,
+        precisions=("fp32",), batch_sizes=(1, 2, 4), warmup=2, iters=20, max_seconds_per_case=8.0,
         infer_requests=20, stream_ticks=150, fleet_sizes=(1, 2, 4, 8), fleet_seconds=8.0,
         closed_loop_presets=("tiny", "xvla-small"), peer_requests=30, peer_presets=("tiny",),
         notes="2-core VM: agents, server and peers share the same cores; fp32 only (no AVX512-BF16)."),
