@@ -129,6 +129,8 @@ class Policy:
         )
         self.rng = np.random.default_rng(seed)
         self._action_inputs = set(self.engines["action"].input_names)
+        chunk = bundle.graphs.get("chunk") or {}
+        self._unrolled_steps = int(chunk["steps"]) if "chunk" in self.engines and chunk.get("steps") else None
         self._vlm_outputs = set(self.engines["vlm"].output_names)
 
     # ------------------------------------------------------------------ construction
@@ -147,7 +149,7 @@ class Policy:
         from xvla.runtime.engines.factory import create_engine
 
         bundle = Bundle.load(bundle_dir, verify_hashes=verify)
-        graphs = ["vlm", "action"] + (["geometry"] if bundle.has_geometry else [])
+        graphs = [g for g in ("vlm", "geometry", "action", "chunk") if g in bundle.graphs]
         engines = {g: create_engine(bundle, g, providers, allow_fallback, intra_op_threads, route=route) for g in graphs}
         return cls(bundle, engines, seed=seed, route=route)
 
@@ -272,7 +274,12 @@ class Policy:
 
         t0 = time.perf_counter()
         p_len = 0 if prefix is None else int(prefix.shape[1])
-        raw = flow_matching_chunk(step, noise, int(steps), prefix=prefix if p_len else None, prefix_len=p_len)
+        if not p_len and self._unrolled_steps == int(steps):
+            # the whole loop as one graph (exported with --unrolled): one engine call instead of N
+            feeds["x1"] = noise
+            raw = _run(self.engines["chunk"], feeds, timings)["action"]
+        else:
+            raw = flow_matching_chunk(step, noise, int(steps), prefix=prefix if p_len else None, prefix_len=p_len)
         t1 = time.perf_counter()
         actions = postprocess_actions(raw, proprio_m, self.bundle.action_space)
         timings.denoise += (t1 - t0) * 1000.0

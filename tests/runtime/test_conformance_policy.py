@@ -24,11 +24,10 @@ CASES = {
 
 @pytest.fixture(scope="module")
 def conformance_bundles(conformance_dir, tmp_path_factory):
-    from xvla.export.bundle_writer import export_bundle
+    from tests.bundles import make_checkpoint_bundle  # exported once per session, shared with other test folders
 
     root = tmp_path_factory.mktemp("conformance_bundles")
-    return {name: export_bundle(conformance_dir / "xvla" / name, root / name, parity=False, build_tokenizer=True)
-            for name in CASES}
+    return {name: make_checkpoint_bundle(root, conformance_dir / "xvla" / name) for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))
