@@ -258,12 +258,16 @@ def run_served(results: dict[str, Any], prof, bundles: dict[str, Path], sections
                 from xvla.benchmarks.e2e import run_e2e
 
                 _progress(f"{preset}: end to end (Infer x{prof.infer_requests}, Stream x{prof.stream_ticks} at 30 Hz)")
-                results["e2e"][preset] = timed("e2e", lambda: run_e2e(
-                    preset, server.target, dim, prof.infer_requests, prof.stream_ticks).to_dict())
+                try:
+                    results["e2e"][preset] = timed("e2e", lambda: run_e2e(
+                        preset, server.target, dim, prof.infer_requests, prof.stream_ticks).to_dict())
+                except Exception as exc:  # noqa: BLE001
+                    logging.exception("end to end failed")
+                    results["e2e"][preset] = {"error": f"{type(exc).__name__}: {exc}"}
             if "peers" in sections and preset in prof.comparison_presets:
                 from xvla.benchmarks.peers.compare import run_comparison
 
-                tick = (results["e2e"].get(preset) or {}).get("stream", {}).get("tick_ms_by_source", {}).get("QUEUE")
+                tick = ((results["e2e"].get(preset) or {}).get("stream") or {}).get("tick_ms_by_source", {}).get("QUEUE")
                 try:
                     results["peers"][preset] = timed("peers", lambda: run_comparison(
                         bundle, server.target, dim, prof.peer_requests, logs, stream_row=tick, progress=_progress,

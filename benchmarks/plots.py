@@ -22,6 +22,8 @@ def latency_distributions(results: dict[str, Any], path: Path) -> Path:
         if c["stage"] == "chunk" and c["batch"] == 1 and c.get("samples_ms"):
             series.append((f"{c['preset']}\n{c['backend']} {c['precision']}\nchunk", c["samples_ms"]))
     for preset, e in (results.get("e2e") or {}).items():
+        if "error" in e:
+            continue
         if e.get("infer", {}).get("rtt_samples_ms"):
             series.append((f"{preset}\ngRPC Infer\nobs->chunk", e["infer"]["rtt_samples_ms"]))
         if e.get("stream", {}).get("queue_tick_samples_ms"):

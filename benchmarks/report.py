@@ -103,6 +103,10 @@ def e2e_section(r: dict[str, Any]) -> list[str]:
         return []
     lines = ["## End to end through gRPC (loopback, server in its own process)", ""]
     rows = []
+    failed = [f"* {p}: not run: {e['error']}" for p, e in e2e.items() if "error" in e]
+    e2e = {p: e for p, e in e2e.items() if "error" not in e}
+    if not e2e:
+        return lines + failed + [""]
     for preset, e in e2e.items():
         inf, st = e["infer"], e["stream"]
         rows.append([preset, "Infer: observation -> chunk", _f(inf["rtt_ms"]["p50"]), _f(inf["rtt_ms"]["p90"]),
@@ -117,6 +121,7 @@ def e2e_section(r: dict[str, Any]) -> list[str]:
     lines += ["", "Stream ticks at 30 Hz: `QUEUE` ticks answer from the planned queue while chunks are planned in the "
               "background, so their latency is the service's own per-observation cost; starved ticks per run: " +
               ", ".join(f"{p} {e['stream']['starved_ticks']}" for p, e in e2e.items()) + ".", ""]
+    lines += failed
     w = next(iter(e2e.values())).get("wire", {})
     if w:
         lines += [f"Bytes per observation on our wire: {_bytes(w['model_size_224']['stream_observation'])} with the "

@@ -118,3 +118,31 @@ def test_fleet_run_holds_only_without_starved_ticks_or_errors() -> None:
     assert not FleetRun(2, 2.0, agents=[agent]).held  # an agent that never reported
     assert not FleetRun(1, 2.0, agents=[agent], errors=["agent exit 2"]).held
     json.dumps(ok.summary())
+
+
+def test_report_and_plots_survive_failed_sections(tmp_path) -> None:
+    """A section that failed on some machine is reported with its reason; the rest still renders."""
+    from xvla.benchmarks.plots import write_plots
+    from xvla.benchmarks.report import render
+
+    results = {
+        "created": "now", "command": "xvla-bench", "elapsed_s": 1.0,
+        "profile": {"name": "cpu", "presets": ["tiny"], "steps": 10, "backends": ["torch"], "precisions": ["fp32"],
+                    "batch_sizes": [1]},
+        "machine": {"name": "m", "cpu": "c", "cores": 2, "memory_gib": 1.0, "gpus": [], "versions": {},
+                    "load_average": [0.1]},
+        "flops": {"da3-xvla": {"preset": "da3-xvla", "error": "KeyError: not registered"}},
+        "components": [{"preset": "tiny", "backend": "ort-cuda", "provider": "", "precision": "fp32", "stage": "*",
+                        "batch": 0, "dist": None, "skipped": "ort-cuda: no CUDAExecutionProvider"}],
+        "e2e": {"tiny": {"error": "RuntimeError: stream failed"}},
+        "closed_loop": {"tiny": {"error": "TimeoutError: agents"}},
+        "peers": {"tiny": {"error": "OSError: port"}},
+        "notes": ["profile h200 asks for a GPU but none is visible"],
+    }
+    md = render(results)
+    for text in ("not counted: KeyError: not registered", "tiny: not run: RuntimeError: stream failed",
+                 "tiny: not run: TimeoutError: agents", "tiny: not run: OSError: port",
+                 "ort-cuda: no CUDAExecutionProvider", "none is visible"):
+        assert text in md
+    assert [p.name for p in write_plots(results, tmp_path)] == ["latency.png", "stages.png", "fleet.png",
+                                                                  "peers.png", "batch.png"]
