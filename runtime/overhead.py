@@ -29,13 +29,20 @@ import numpy as np
 from xvla.proto import policy_pb2 as pb
 
 
-async def measure(target: str, n: int, rate: float, mode: str) -> dict:
+async def measure(target: str, n: int, rate: float, mode: str, jpeg: bool = False) -> dict:
     from xvla.runtime.stream_client import describe, run_stream, synthetic_observation
 
     desc = await describe(target)
     dim = desc.action_space.accepted_proprio_dims[0] if desc.action_space.accepted_proprio_dims else desc.action_space.dim
     rng = np.random.default_rng(0)
     pool = [synthetic_observation(0, desc.cameras, dim, rng) for _ in range(8)]  # pre-built: time the service, not numpy
+    if jpeg:
+        import cv2
+
+        for o in pool:
+            for cam in o.cameras:
+                img = np.frombuffer(cam.image.data, np.uint8).reshape(cam.image.height, cam.image.width, 3)
+                cam.image.CopyFrom(pb.Image(encoding=pb.JPEG, data=cv2.imencode(".jpg", img)[1].tobytes()))
 
     def make(f: int) -> pb.Observation:
         o = pb.Observation()
@@ -52,7 +59,8 @@ async def measure(target: str, n: int, rate: float, mode: str) -> dict:
     other = [t.latency_ms for t in res.ticks if t.source != pb.QUEUE]
     obs_bytes = pool[0].ByteSize()
     out = {
-        "observations": n, "rate_hz": rate, "mode": mode, "observation_bytes": obs_bytes,
+        "observations": n, "rate_hz": rate, "mode": mode, "images": "jpeg" if jpeg else "raw_rgb8",
+        "observation_bytes": obs_bytes,
         "queue_ticks": len(queue),
         "overhead_ms_p50": float(np.percentile(queue, 50)), "overhead_ms_p90": float(np.percentile(queue, 90)),
         "overhead_ms_p99": float(np.percentile(queue, 99)), "overhead_ms_max": float(np.max(queue)),
@@ -91,6 +99,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--mode", default="temporal_ensemble", choices=["temporal_ensemble", "receding_horizon", "rtc"])
     p.add_argument("--providers", default="cpu")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--jpeg", action="store_true", help="send the camera frames as JPEG instead of raw RGB8")
     args = p.parse_args(argv)
     bundle = args.bundle
     if bundle is None:
@@ -104,7 +113,7 @@ def main(argv: list[str] | None = None) -> int:
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
     try:
         asyncio.run(wait_serving(f"127.0.0.1:{port}", 180.0, proc))
-        result = asyncio.run(measure(f"127.0.0.1:{port}", args.n, args.rate, args.mode))
+        result = asyncio.run(measure(f"127.0.0.1:{port}", args.n, args.rate, args.mode, args.jpeg))
         result["server_tick_ms_mean"] = server_tick_mean_ms(mport)
         print(json.dumps(result, indent=2))
         return 0
