@@ -35,17 +35,23 @@ def _client(*targets: str, reply_timeout_s: float = 1.0) -> PolicyClient:
 
 
 class Recorder:
-    """on_tick callback: what the loop executed, frame by frame; can fire actions at given frames."""
+    """on_tick callback: what the loop executed, frame by frame; can fire actions at given frames.
+
+    Actions run on worker threads made up front and woken by an Event: starting a thread (or
+    a process) from inside the tick would itself stall the loop and muddy what is measured.
+    """
 
     def __init__(self, at: dict[int, callable] | None = None) -> None:
         self.ticks: list[tuple[int, str, np.ndarray]] = []
-        self.at = at or {}
+        self._events: dict[int, threading.Event] = {}
+        for frame, fn in (at or {}).items():
+            ev = self._events[frame] = threading.Event()
+            threading.Thread(target=lambda ev=ev, fn=fn: (ev.wait(), fn()), daemon=True).start()
 
     def __call__(self, frame: int, kind: str, action: np.ndarray) -> None:
         self.ticks.append((frame, kind, action.copy()))
-        fn = self.at.pop(frame, None)
-        if fn is not None:  # never block the loop: faults are injected from another thread
-            threading.Thread(target=fn, daemon=True).start()
+        for f in [f for f in self._events if f <= frame]:  # <=: a skipped slot must not lose a trigger
+            self._events.pop(f).set()
 
     def kinds(self, lo: int = 0, hi: int = 10**9) -> str:
         return "".join(k for f, k, _ in self.ticks if lo <= f < hi)
