@@ -26,8 +26,15 @@ CASES = {
 def conformance_bundles(conformance_dir, tmp_path_factory):
     from tests.bundles import make_checkpoint_bundle  # exported once per session, shared with other test folders
 
+    from safetensors.numpy import load_file
+
+    # the options tests/export/test_conformance_export.py exports with: same cache key, one export per session
+    inputs = load_file(str(conformance_dir / "xvla" / "inputs.safetensors"))
+    _, views, _, h, w = inputs["image_input"].shape
+    opts = dict(num_views=int(views), image_size=(int(h), int(w)), max_text_len=int(inputs["input_ids"].shape[1]),
+                parity_batch=int(inputs["input_ids"].shape[0]))
     root = tmp_path_factory.mktemp("conformance_bundles")
-    return {name: make_checkpoint_bundle(root, conformance_dir / "xvla" / name) for name in CASES}
+    return {name: make_checkpoint_bundle(root, conformance_dir / "xvla" / name, **opts) for name in CASES}
 
 
 @pytest.mark.parametrize("name", list(CASES))
