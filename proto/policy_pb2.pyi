@@ -329,7 +329,7 @@ class SessionHeader(_message.Message):
     instruction: _builtins.str
     """natural-language task instruction"""
     domain_id: _builtins.int
-    """embodiment id (R1Pro = 19 in the BEHAVIOR fine-tunes)"""
+    """embodiment id (R1Pro = 19 in the BEHAVIOR fine-tunes); unset = the bundle's default domain"""
     control_rate_hz: _builtins.float
     """the robot's tick rate; 30 for R1Pro"""
     skill: _builtins.str
@@ -345,17 +345,19 @@ class SessionHeader(_message.Message):
         robot_id: _builtins.str = ...,
         task_id: _builtins.int = ...,
         instruction: _builtins.str = ...,
-        domain_id: _builtins.int = ...,
+        domain_id: _builtins.int | None = ...,
         control_rate_hz: _builtins.float = ...,
         execution: Global___ExecutionSettings | None = ...,
         skill: _builtins.str = ...,
         route: _builtins.str = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["execution", b"execution"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id", "domain_id", b"domain_id", "execution", b"execution"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["control_rate_hz", b"control_rate_hz", "domain_id", b"domain_id", "execution", b"execution", "instruction", b"instruction", "robot_id", b"robot_id", "route", b"route", "session_id", b"session_id", "skill", b"skill", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id", "control_rate_hz", b"control_rate_hz", "domain_id", b"domain_id", "execution", b"execution", "instruction", b"instruction", "robot_id", b"robot_id", "route", b"route", "session_id", b"session_id", "skill", b"skill", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
-    def WhichOneof(self, oneof_group: _Never) -> None: ...
+    _WhichOneofReturnType__domain_id: _TypeAlias = _typing.Literal["domain_id"]  # noqa: Y015
+    _WhichOneofArgType__domain_id: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id"]  # noqa: Y015
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__domain_id) -> _WhichOneofReturnType__domain_id | None: ...
 
 Global___SessionHeader: _TypeAlias = SessionHeader  # noqa: Y015
 

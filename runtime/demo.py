@@ -57,7 +57,7 @@ async def drive(target: str, seconds: float, rate: float, mode: str, console) ->
     proprio_dim = desc.action_space.accepted_proprio_dims[0] if desc.action_space.accepted_proprio_dims else desc.action_space.dim
     rng = np.random.default_rng(0)
     n = int(round(seconds * rate))
-    header = pb.SessionHeader(robot_id="xvla-demo", task_id=0 if desc.tasks else -1, domain_id=0,
+    header = pb.SessionHeader(robot_id="xvla-demo", task_id=0 if desc.tasks else -1,
                               instruction="pick up the red cup and place it on the plate", control_rate_hz=rate,
                               execution=pb.ExecutionSettings(mode=pb.ExecutionMode.Value(mode.upper())))
     console.print(f"[bold]policy[/]: {desc.model_name}  action dim {desc.action_space.dim} x horizon {desc.horizon}, "

@@ -76,14 +76,16 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
     known_tasks = {int(t["id"]) for t in gate.bundle.tasks}
     if gate.needs_task:
         if header.task_id < 0 or (known_tasks and header.task_id not in known_tasks):
-            raise InputError(f"{field}.task_id", f"unknown task {header.task_id}; known task ids: {sorted(known_tasks)}")
+            raise InputError(f"{field}.task_id", f"unknown task {header.task_id}; known task ids: {_ranges(known_tasks)}")
         task_id: int | None = int(header.task_id)
     else:
         if header.task_id not in (0, -1):
             raise InputError(f"{field}.task_id", f"unknown task {header.task_id}: this policy has no task prompts (use -1)")
         task_id = None
-    if not 0 <= header.domain_id < gate.bundle.num_domains:
-        raise InputError(f"{field}.domain_id", f"must be in [0, {gate.bundle.num_domains}), got {header.domain_id}")
+    domain_id = int(header.domain_id) if header.HasField("domain_id") else int(
+        (gate.bundle.manifest.get("domains") or {}).get("default", 0))
+    if not 0 <= domain_id < gate.bundle.num_domains:
+        raise InputError(f"{field}.domain_id", f"must be in [0, {gate.bundle.num_domains}), got {domain_id}")
     forced_skill = None
     if header.skill:
         names = {str(s["name"]): int(s["id"]) for s in gate.bundle.skills}
@@ -120,8 +122,19 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         cfg.validate(gate.horizon, gate.dim)
     except ValueError as exc:
         raise InputError(f"{field}.{str(exc).split(' ')[0]}", str(exc).split(" ", 1)[1]) from None
-    return SessionTarget(task_id, int(header.domain_id), header.instruction, forced_skill, forced_route,
+    return SessionTarget(task_id, domain_id, header.instruction, forced_skill, forced_route,
                          int(cfg.denoising_steps), float(rate), cfg)
+
+
+def _ranges(ids: set[int]) -> str:
+    """{0, 1, 2, 5} -> '0-2, 5' (error messages stay short for 50 tasks)."""
+    out: list[str] = []
+    for i in sorted(ids):
+        if out and out[-1].split("-")[-1] == str(i - 1):
+            out[-1] = out[-1].split("-")[0] + f"-{i}"
+        else:
+            out.append(str(i))
+    return ", ".join(out) or "none"
 
 
 def default_newest_wins(manifest: dict) -> tuple[int, ...]:

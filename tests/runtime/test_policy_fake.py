@@ -80,3 +80,21 @@ def test_act_takes_a_raw_observation(tmp_path):
     assert chunk[0] == pytest.approx([5, 6, 7])
     aux = pol.act({"images": {"head": img, "left_wrist": img}, "proprio": np.zeros(3), "instruction": "x"}, return_aux=True)
     assert aux["timings"]["preprocess"] > 0
+
+
+def test_header_domain_unset_means_bundle_default(tmp_path):
+    from types import SimpleNamespace
+
+    from xvla.proto import policy_pb2 as pb
+    from xvla.runtime.execution import ExecutionConfig
+    from xvla.runtime.preprocess import InputError
+    from xvla.runtime.session import resolve_header
+
+    pol = fake_policy(tmp_path / "p")
+    pol.bundle.manifest["domains"] = {"default": 19, "r1pro": 19}
+    svc = SimpleNamespace(gate_policy=pol, policies={"default": pol}, routes=None,
+                          config=SimpleNamespace(control_rate_hz=30.0, execution=ExecutionConfig()))
+    assert resolve_header(svc, pb.SessionHeader(task_id=-1)).domain_id == 19  # unset: the bundle's default
+    assert resolve_header(svc, pb.SessionHeader(task_id=-1, domain_id=0)).domain_id == 0  # explicit 0 stays 0
+    with pytest.raises(InputError, match="header.domain_id"):
+        resolve_header(svc, pb.SessionHeader(task_id=-1, domain_id=30))
