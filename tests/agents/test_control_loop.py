@@ -245,7 +245,7 @@ def test_a_failed_sensor_read_holds_still_and_the_loop_goes_on():
         rec = Recorder()
         st = ControlLoop(FlakySensors(), client, on_tick=rec).run(seconds=1.0)
     _at_rate(st, 1.0)
-    assert st.sensor_errors == 3 and "camera timeout" in st.last_error
+    assert st.sensor_errors == st.ticks // 10 >= 2 and "camera timeout" in st.last_error  # every 10th read
     for i, (f, k, a) in enumerate(rec.ticks):  # one read per executed tick, in order
         if (i + 1) % 10 == 0:
             assert k == SAFE and np.all(a[0:3] == 0.0), f
