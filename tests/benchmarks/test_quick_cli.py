@@ -20,13 +20,9 @@ PIXELS_NATIVE = 720 * 720 * 3 + 2 * 480 * 480 * 3
 
 
 @pytest.fixture(scope="module")
-def quick(tmp_path_factory) -> tuple[Path, dict]:
-    from tests.bundles import make_tiny_bundle
-
-    # the bench's "tiny" is the tiny topology with the R1Pro head: the same bundle the agents' e2e tests export
-    bundle = make_tiny_bundle(tmp_path_factory.mktemp("agent-bundles"), preset="tiny-r1pro")
+def quick(tmp_path_factory, bench_bundle) -> tuple[Path, dict]:
     out = tmp_path_factory.mktemp("bench") / "cpu-test"
-    rc = main(["--preset", "tiny", "--quick", "--out", str(out), "--bundle", f"tiny={bundle}",
+    rc = main(["--preset", "tiny", "--quick", "--out", str(out), "--bundle", f"tiny={bench_bundle}",
                "--artifacts", str(tmp_path_factory.mktemp("artifacts"))])
     assert rc == 0
     return out, json.loads((out / "results.json").read_text())
@@ -58,7 +54,7 @@ def test_components_cover_every_stage_and_backend_with_counted_flops(quick) -> N
             assert 0 < c["dist"]["p50"] <= c["dist"]["p99"] <= c["dist"]["max"]
             per_sample = fl["chunk"] if stage == "chunk" else fl[stage]
             assert c["flops"] == per_sample
-            assert c["achieved_gflops"] == pytest.approx(per_sample / c["dist"]["p50"] / 1e6, rel=1e-6)
+            assert c["achieved_gflops"] == pytest.approx(per_sample / c["dist"]["p50"] / 1e6, rel=1e-3)  # p50 is rounded
             assert c["peak_fraction"] > 0 and "measured" in c["peak_source"]
     assert not [c for c in r["components"] if c.get("skipped", "") and c["skipped"].startswith("failed")]
 
