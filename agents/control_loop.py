@@ -31,7 +31,7 @@ from xvla.agents.client import PolicyClient, RobotStream
 from xvla.agents.layout import safe_action
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.robot import Robot, RobotObservation
-from xvla.agents.scheduling import lower_current_thread, raise_current_thread
+from xvla.agents.scheduling import raise_current_thread
 from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
 from xvla.agents.tensors import from_tensor
 from xvla.proto import policy_pb2 as pb
@@ -190,7 +190,8 @@ class ControlLoop:
 
     # -- encoder thread ------------------------------------------------------------------
     def _encode_loop(self) -> None:
-        lower_current_thread(5)  # bulk work: yield the CPU to the control thread
+        # Not niced: the loop thread needs the GIL this thread holds between numpy calls, and a
+        # demoted GIL holder preempted by other processes would stall the loop (priority inversion).
         while not self._stop.is_set():
             item = self._slot.take(0.05)
             if item is None:

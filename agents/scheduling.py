@@ -2,9 +2,11 @@
 
 A 30 Hz loop on a busy robot computer is late when the OS runs something else at its
 wake-up time, not because its own work is slow. Real robot stacks therefore run the
-control thread with a real-time policy (SCHED_FIFO) and demote bulk work. Both need
-privileges (CAP_SYS_NICE) for the raise; without them we fall back to a higher nice
-value for the loop, or to nothing, and report what we got.
+control thread with a real-time policy (SCHED_FIFO). That needs privileges
+(CAP_SYS_NICE); without them we fall back to a higher nice value for the loop, or to
+nothing, and report what we got. Other threads of the agent are deliberately *not*
+demoted: they hold the GIL between numpy calls, and a demoted GIL holder preempted by
+another process would stall the loop thread waiting for it (priority inversion).
 """
 
 from __future__ import annotations
@@ -45,12 +47,3 @@ def raise_current_thread(priority: int) -> tuple[str, Callable[[], None]]:
         return f"nice:{old - 5}", undo_nice
     except (OSError, AttributeError):
         return "default", lambda: None
-
-
-def lower_current_thread(by: int = 5) -> None:
-    """Make the calling thread yield to the control loop (raising niceness needs no privileges)."""
-    try:
-        tid = threading.get_native_id()
-        os.setpriority(os.PRIO_PROCESS, tid, os.getpriority(os.PRIO_PROCESS, tid) + by)
-    except (OSError, AttributeError):
-        pass

@@ -76,7 +76,9 @@ def _at_rate(st, seconds: float) -> None:
     slots = round(seconds * RATE)
     assert st.accounted()
     assert st.ticks + st.skipped_ticks == slots
-    assert st.skipped_ticks <= max(2, slots // 50), st.format()  # tolerant of a loaded CI machine
+    # Tolerant of an overloaded machine (the in-process fake service competes for the GIL);
+    # the zero-skip claim is made end to end, with the service in its own process (test_e2e).
+    assert st.skipped_ticks <= max(3, slots // 20), st.format()
     assert abs(st.duration_s - seconds) < 0.25, st.format()
 
 
