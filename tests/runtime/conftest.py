@@ -10,7 +10,8 @@ import pytest
 
 @pytest.fixture(scope="session")
 def tiny_bundle(tmp_path_factory):
-    """The shared tiny bundle (tests/bundles.py: exported once per session, parity-gated).
+    """The shared tiny R1Pro bundle (tests/bundles.py: exported once per session, parity-gated; 23-d auto action
+    with delta dims, raw 256-d proprio accepted).
 
     ``XVLA_TINY_BUNDLE=DIR`` reuses an already exported bundle (saves the export while iterating).
     """
@@ -18,4 +19,4 @@ def tiny_bundle(tmp_path_factory):
         return Path(os.environ["XVLA_TINY_BUNDLE"])
     from tests.bundles import make_tiny_bundle
 
-    return make_tiny_bundle(tmp_path_factory.mktemp("bundles"))
+    return make_tiny_bundle(tmp_path_factory.mktemp("bundles"), preset="tiny-r1pro")  # the key tests/benchmarks uses

@@ -96,7 +96,8 @@ async def test_infer_with_noise_equals_policy_generate_actions(tiny_bundle):
     from xvla.runtime.wire import decode_cameras
 
     prep = policy.prepare(decode_cameras(obs), tensor_to_numpy(obs.proprio, "p"), "open the drawer")
-    ref = policy.generate_actions(prep.input_ids, prep.image_input, prep.image_mask, np.zeros(1, np.int64), prep.proprio,
+    domain = int(policy.bundle.manifest["domains"]["default"])  # the header leaves domain_id unset: the bundle's default
+    ref = policy.generate_actions(prep.input_ids, prep.image_input, prep.image_mask, np.array([domain]), prep.proprio,
                                   steps=4, noise=noise[None], task_id=np.zeros(1, np.int64) if policy.needs_task else None)
     got = tensor_to_numpy(resp.actions, "actions")
     assert got.shape == (desc.horizon, desc.action_space.dim)
