@@ -2,9 +2,9 @@
 
 1. export (once, cached in ./artifacts/tiny) the tiny seeded default bundle;
 2. start ``xvla-serve`` on it in a subprocess on a free loopback port and wait for health SERVING;
-3. drive it like a robot: one streaming session, observations at 30 Hz for a few seconds
-   (xvla.runtime.stream_client, the small stand-in for the real robot agent);
-4. print per-tick latency and starved ticks each second, then a summary.
+3. run the robot-side agent (``xvla-agent run``) with a simulated Galaxea R1Pro against it:
+   a 30 Hz control loop streaming head + wrist cameras and the 23-d state for a few seconds;
+4. the agent prints its control statistics (ticks, skipped/safe ticks, jitter, round trip, bytes).
 """
 
 from __future__ import annotations
@@ -19,9 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-import numpy as np
 
-from xvla.proto import policy_pb2 as pb
 
 
 def free_port() -> int:
@@ -50,75 +48,29 @@ async def wait_serving(target: str, timeout: float, proc: subprocess.Popen | Non
     raise TimeoutError(f"{target} not SERVING after {timeout:.0f} s")
 
 
-async def drive(target: str, seconds: float, rate: float, mode: str, console) -> int:
-    from xvla.runtime.stream_client import describe, run_stream, synthetic_observation
+def run_agent(target: str, seconds: float, rate: float, mode: str, console) -> int:
+    """Runs the robot side as its own process, as on a robot computer: ``xvla-agent run``.
 
-    desc = await describe(target)
-    proprio_dim = desc.action_space.accepted_proprio_dims[0] if desc.action_space.accepted_proprio_dims else desc.action_space.dim
-    rng = np.random.default_rng(0)
-    n = int(round(seconds * rate))
-    header = pb.SessionHeader(robot_id="xvla-demo", task_id=0 if desc.tasks else -1,
-                              instruction="pick up the red cup and place it on the plate", control_rate_hz=rate,
-                              execution=pb.ExecutionSettings(mode=pb.ExecutionMode.Value(mode.upper())))
-    console.print(f"[bold]policy[/]: {desc.model_name}  action dim {desc.action_space.dim} x horizon {desc.horizon}, "
-                  f"cameras {[c.name for c in desc.cameras]} at {desc.cameras[0].height}x{desc.cameras[0].width}, "
-                  f"engines {sorted({e.provider for e in desc.engines})}")
-    console.print(f"[bold]robot[/]: 1 session, {n} observations at {rate:g} Hz, mode {mode}")
-    window: list = []
+    The agent (simulated R1Pro, 30 Hz control loop, held plan / safe action on late answers)
+    imports nothing of the serving world; it prints its control statistics itself.
+    """
+    cmd = [sys.executable, "-m", "xvla.agents.cli", "run", "--target", target, "--seconds", f"{seconds:g}",
+           "--rate", f"{rate:g}", "--mode", AGENT_MODES[mode]]
+    console.print(f"[bold]robot[/]: simulated R1Pro, {' '.join(cmd[2:])}")
+    return subprocess.run(cmd).returncode
 
-    def on_tick(t) -> None:
-        window.append(t)
-        if len(window) >= rate:
-            lat = [x.latency_ms for x in window]
-            starved = sum(x.source in (pb.STARVED, pb.HOLD) for x in window)
-            r = window[-1].reply
-            console.print(f"  frame {t.frame:5d}  latency p50 {np.percentile(lat, 50):6.2f} ms  p99 "
-                          f"{np.percentile(lat, 99):6.2f} ms  max {max(lat):6.2f} ms  starved {starved}  "
-                          f"queue {r.queue_depth:2d}  chunk {r.chunk_id}" + (f"  skill {r.skill}" if r.skill else ""))
-            window.clear()
 
-    pool = [synthetic_observation(0, desc.cameras, proprio_dim, rng) for _ in range(8)]  # camera frames
-
-    def observe(frame: int) -> pb.Observation:  # the robot's sensors: a fresh message per tick, pre-rendered pixels
-        obs = pb.Observation()
-        obs.CopyFrom(pool[frame % len(pool)])
-        obs.frame_index = frame
-        return obs
-
-    res = await run_stream(target, header, observe, n=n, rate_hz=rate, on_tick=on_tick)
-    if res.code.name != "OK":
-        console.print(f"[red]stream ended with {res.code.name}: {res.details}")
-        return 1
-    in_order = [t.frame for t in res.ticks] == list(range(n))
-    from rich.table import Table
-
-    table = Table(title="xvla-demo summary", show_header=False)
-    table.add_row("observations / actions", f"{n} / {len(res.ticks)}" + (" (in order)" if in_order else " [red](OUT OF ORDER)"))
-    p = res.latency_percentiles((50, 90, 99))
-    table.add_row("tick latency, all (p50 / p90 / p99)", f"{p[0]:.2f} / {p[1]:.2f} / {p[2]:.2f} ms")
-    q = res.latency_percentiles((50, 99), sources=(pb.QUEUE,))
-    table.add_row("tick latency, from queue (p50 / p99)", f"{q[0]:.2f} / {q[1]:.2f} ms")
-    table.add_row("starved ticks", str(res.starved))
-    sources = {pb.ActionSource.Name(s): sum(t.source == s for t in res.ticks) for s in {t.source for t in res.ticks}}
-    table.add_row("reply sources", ", ".join(f"{k} {v}" for k, v in sorted(sources.items())))
-    timed = [t.reply.timings for t in res.ticks if t.reply.HasField("timings")]
-    if timed:
-        mean = {k: float(np.mean([getattr(x, k) for x in timed])) for k in
-                ("preprocess_ms", "vlm_ms", "denoise_ms", "decode_ms", "queue_wait_ms", "total_ms")}
-        table.add_row(f"chunks ({len(timed)}), mean ms",
-                      "  ".join(f"{k[:-3]} {v:.1f}" for k, v in mean.items()))
-    console.print(table)
-    return 0 if in_order and len(res.ticks) == n else 1
+AGENT_MODES = {"temporal_ensemble": "ensemble", "receding_horizon": "receding", "rtc": "rtc"}
 
 
 def main(argv: list[str] | None = None) -> int:
     from rich.console import Console
 
     p = argparse.ArgumentParser(prog="xvla-demo", description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--seconds", type=float, default=5.0)
+    p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=30.0, help="robot control rate, Hz")
     p.add_argument("--bundle", type=Path, help="serve this bundle instead of the tiny default")
-    p.add_argument("--preset", default="tiny")
+    p.add_argument("--preset", default="tiny-r1pro", help="seeded preset to export and serve (R1Pro 23-d actions)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--mode", choices=["temporal_ensemble", "receding_horizon", "rtc"], default="temporal_ensemble")
     p.add_argument("--providers", default="cpu")
@@ -127,7 +79,7 @@ def main(argv: list[str] | None = None) -> int:
     console = Console()
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     if args.server:
-        return asyncio.run(drive(args.server, args.seconds, args.rate, args.mode, console))
+        return run_agent(args.server, args.seconds, args.rate, args.mode, console)
 
     bundle = args.bundle
     if bundle is None:
@@ -144,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     try:
         with console.status("waiting for health SERVING (engines loading + warm-up) ..."):
             asyncio.run(wait_serving(target, 180.0, proc))
-        return asyncio.run(drive(target, args.seconds, args.rate, args.mode, console))
+        return run_agent(target, args.seconds, args.rate, args.mode, console)
     finally:
         if proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
