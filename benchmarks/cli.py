@@ -62,6 +62,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--fleet-seconds", type=float, help="override seconds per closed-loop run")
     p.add_argument("--serve-providers", help="providers of xvla-serve and the peer servers (default: cpu, or cuda on GPU profiles)")
     p.add_argument("--threads", type=int, default=0, help="ONNX Runtime intra-op threads in the servers (0: default)")
+    p.add_argument("--note", action="append", default=[], help="a note for the report (repeatable)")
     p.add_argument("--log-level", default="WARNING")
     return p
 
@@ -123,7 +124,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "xvla-bench " + " ".join(shlex.quote(a) for a in (args.argv or [])),
         "profile": prof.to_dict(), "machine": info.to_dict(), "sections": sorted(sections),
         "serve_providers": serve_providers, "flops": {}, "components": [], "e2e": {}, "closed_loop": {},
-        "peers": {}, "notes": [], "section_seconds": {},
+        "peers": {}, "notes": list(args.note), "section_seconds": {},
     }
     if prof.device == "cuda" and not gpus:
         results["notes"].append(f"profile {prof.name} asks for a GPU but none is visible: GPU cases are skipped "

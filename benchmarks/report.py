@@ -217,6 +217,36 @@ def skipped_section(r: dict[str, Any]) -> list[str]:
     return lines + [""]
 
 
+def summary_rows(r: dict[str, Any]) -> list[list[str]]:
+    """One line per preset: the numbers a README table needs."""
+    rows = []
+    for preset in r["profile"]["presets"]:
+        chunks = [c for c in r.get("components", []) if c.get("dist") and c["preset"] == preset
+                  and c["stage"] == "chunk" and c["batch"] == 1]
+        best = min(chunks, key=lambda c: c["dist"]["p50"], default=None)
+        e = (r.get("e2e") or {}).get(preset) or {}
+        cl = (r.get("closed_loop") or {}).get(preset) or {}
+        fl = (r.get("flops") or {}).get(preset) or {}
+        tick = ((e.get("stream") or {}).get("tick_ms_by_source") or {}).get("QUEUE")
+        robots = "-"
+        if "max_robots_zero_starved" in cl:
+            robots = str(cl["max_robots_zero_starved"]) + ("+" if cl.get("bounded_by_sweep") else "")
+        rows.append([
+            preset, _f(fl["chunk"] / 1e9, 1) if "chunk" in fl else "-",
+            f"{_f(best['dist']['p50'])} ({best['backend']} {best['precision']})" if best else "-",
+            _f(100 * best["peak_fraction"], 1) if best and best.get("peak_fraction") else "-",
+            _f(e["infer"]["rtt_ms"]["p50"]) if "infer" in e else "-",
+            _f(e["infer"]["overhead_ms"]["p50"]) if "infer" in e else "-",
+            _f(tick["p50"]) if tick else "-", robots])
+    return rows
+
+
+def summary_section(r: dict[str, Any]) -> list[str]:
+    return ["## Summary", "", *_table(
+        ["preset", "GFLOP/chunk", "chunk p50 ms, batch 1 (best backend)", "% of peak", "gRPC Infer p50 ms",
+         "service overhead p50 ms", "Stream tick p50 ms", "robots at 30 Hz, 0 starved"], summary_rows(r)), ""]
+
+
 def render(r: dict[str, Any]) -> str:
     p = r["profile"]
     lines = [f"# xvla-bench: {r['machine']['name']} ({p['name']} profile)", "",
@@ -225,7 +255,7 @@ def render(r: dict[str, Any]) -> str:
              f"precisions {', '.join(p['precisions'])}; batch sizes {', '.join(map(str, p['batch_sizes']))}.", "",
              "Numbers to beat (batch 1, published): " +
              "; ".join(f"{w} on {g}: {n}" for w, g, n in TO_BEAT) + ".", ""]
-    for section in (machine_section, flops_section, components_section, e2e_section, closed_loop_section,
+    for section in (summary_section, machine_section, flops_section, components_section, e2e_section, closed_loop_section,
                     peers_section, skipped_section):
         lines += section(r)
     lines += ["## Plots", ""] + [f"![{name}](plots/{name})" for name in r.get("plots", [])] + [""]
