@@ -261,7 +261,8 @@ def run_served(results: dict[str, Any], prof, bundles: dict[str, Path], sections
                 _progress(f"{preset}: end to end (Infer x{prof.infer_requests}, Stream x{prof.stream_ticks} at 30 Hz)")
                 try:
                     results["e2e"][preset] = timed("e2e", lambda: run_e2e(
-                        preset, server.target, dim, prof.infer_requests, prof.stream_ticks).to_dict())
+                        preset, server.target, dim, prof.infer_requests, prof.stream_ticks,
+                        metrics=server.metrics_text).to_dict())
                 except Exception as exc:  # noqa: BLE001
                     logging.exception("end to end failed")
                     results["e2e"][preset] = {"error": f"{type(exc).__name__}: {exc}"}

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 import asyncio
 from dataclasses import dataclass, field
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import numpy as np
 
@@ -116,11 +116,32 @@ def wire_bytes(proprio_dim: int) -> dict[str, Any]:
     return out
 
 
+def server_tick_means(metrics_text: str) -> dict[str, tuple[float, float]]:
+    """(sum seconds, count) of the server's own tick histogram per source (receive -> reply sent)."""
+    from xvla.benchmarks.servers import metric_value
+
+    out = {}
+    for src in ("QUEUE", "FIRST_CHUNK", "STARVED", "HOLD"):
+        label = f'source="{src}"'
+        out[src] = (metric_value(metrics_text, "xvla_tick_seconds_sum", label),
+                    metric_value(metrics_text, "xvla_tick_seconds_count", label))
+    return out
+
+
 def run_e2e(preset: str, target: str, proprio_dim: int, infer_requests: int, stream_ticks: int,
-            pool_size: int = 8, seed: int = 0) -> E2EResult:
+            pool_size: int = 8, seed: int = 0, metrics: Optional[Callable[[], str]] = None) -> E2EResult:
+    """Infer, then Stream. With ``metrics`` (the server's /metrics text), the Stream result also carries the
+    server-side tick time per source, which separates time in the server from time queued in transport."""
     pool = observation_pool(pool_size, proprio_dim, seed=seed)
-    return E2EResult(preset, infer=run_infer(target, pool, infer_requests),
-                     stream=run_stream(target, pool, stream_ticks), wire=wire_bytes(proprio_dim))
+    infer = run_infer(target, pool, infer_requests)
+    before = server_tick_means(metrics()) if metrics else None
+    stream = run_stream(target, pool, stream_ticks)
+    if metrics and before is not None:
+        after = server_tick_means(metrics())
+        stream["server_tick_ms_mean"] = {
+            src: round(1000.0 * (after[src][0] - before[src][0]) / (after[src][1] - before[src][1]), 3)
+            for src in after if after[src][1] > before[src][1]}
+    return E2EResult(preset, infer=infer, stream=stream, wire=wire_bytes(proprio_dim))
 
 
 def infer_only_summary(res: Optional[E2EResult]) -> Optional[dict[str, Any]]:

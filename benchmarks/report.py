@@ -112,12 +112,14 @@ def e2e_section(r: dict[str, Any]) -> list[str]:
         rows.append([preset, "Infer: observation -> chunk", _f(inf["rtt_ms"]["p50"]), _f(inf["rtt_ms"]["p90"]),
                      _f(inf["rtt_ms"]["p99"]), _f(inf["server_ms"]["p50"]), _f(inf["overhead_ms"]["p50"]),
                      _bytes(inf["request_bytes"]), _bytes(inf["response_bytes"])])
+        server_tick = st.get("server_tick_ms_mean") or {}
         for src, d in st["tick_ms_by_source"].items():
-            rows.append([preset, f"Stream tick ({src}, n={d['n']})", _f(d["p50"]), _f(d["p90"]), _f(d["p99"]), "-", "-",
+            rows.append([preset, f"Stream tick ({src}, n={d['n']})", _f(d["p50"]), _f(d["p90"]), _f(d["p99"]),
+                         f"{_f(server_tick.get(src))} (mean in server)" if src in server_tick else "-", "-",
                          _bytes(st["observation_bytes"]),
                          _bytes(st["reply_bytes_without_chunk"]) + " / " + _bytes(st["reply_bytes_with_chunk"]) + " with plan"])
-    lines += _table(["preset", "what", "p50 ms", "p90 ms", "p99 ms", "server compute p50", "overhead p50",
-                     "request", "reply"], rows)
+    lines += _table(["preset", "what", "p50 ms", "p90 ms", "p99 ms", "server compute p50 / tick in server",
+                     "overhead p50", "request", "reply"], rows)
     lines += ["", "Stream ticks at 30 Hz: `QUEUE` ticks answer from the planned queue while chunks are planned in the "
               "background, so their latency is the service's own per-observation cost; starved ticks per run: " +
               ", ".join(f"{p} {e['stream']['starved_ticks']}" for p, e in e2e.items()) + ".", ""]
