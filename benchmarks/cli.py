@@ -109,7 +109,6 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         raise SystemExit(f"xvla-bench: unknown section(s) {sorted(unknown)}; choose from {list(SECTIONS)}")
     gpus = machine_mod.gpu_names()
     prof = resolve_profile(args, gpus)
-    _progress(f"profile {prof.name}: presets {', '.join(prof.presets)}; sections {', '.join(sorted(sections))}")
     info = machine_mod.collect(args.machine, measure_gemm=False)
     if prof.device == "cpu":
         info.cpu_measured = machine_mod.measure_cpu_gemm_gflops(n=1024 if args.quick else 2048,
@@ -127,8 +126,11 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "peers": {}, "notes": list(args.note), "section_seconds": {},
     }
     if prof.device == "cuda" and not gpus:
-        results["notes"].append(f"profile {prof.name} asks for a GPU but none is visible: GPU cases are skipped "
-                                "with their reasons; no GPU numbers were produced on this machine")
+        dropped = sorted(sections - {"flops"})
+        sections &= {"flops"}
+        results["sections"] = sorted(sections)
+        results["notes"].append(f"profile {prof.name} needs a GPU and none is visible: only FLOPs were counted; "
+                                f"{', '.join(dropped) or 'nothing else'} not run, no GPU numbers were produced")
 
     def timed(name: str, fn):
         t0 = time.monotonic()
@@ -138,6 +140,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
             results["section_seconds"][name] = round(results["section_seconds"].get(name, 0.0)
                                                      + time.monotonic() - t0, 1)
 
+    _progress(f"profile {prof.name}: presets {', '.join(prof.presets)}; sections {', '.join(sorted(sections))}")
     flops_per_preset: dict[str, dict] = {}
     if "flops" in sections or "components" in sections:
         from xvla.benchmarks.flops import count_all

@@ -68,9 +68,14 @@ class Profile:
         return dataclasses.asdict(self)
 
 
-def expected_memory_gib(params: int, precision: str, batch: int, activation_gib_per_sample: float = 0.25) -> float:
-    """Weights + a per-sample activation allowance (the 0.9B model's activations at 3x224^2 are
-    ~0.1-0.2 GiB per sample in fp16; 0.25 is a margin), + 1 GiB of runtime/workspace."""
+def expected_memory_gib(params: int, precision: str, batch: int, activation_gib_per_sample: float | None = None) -> float:
+    """Weights + a per-sample activation allowance + 1 GiB of runtime/workspace.
+
+    The allowance is 0.25 GiB per sample for the 0.9B model (its activations at 3 x 224^2
+    are ~0.1-0.2 GiB per sample in fp16; 0.25 is a margin), scaled by parameter count for
+    other sizes (at least 0.01 GiB)."""
+    if activation_gib_per_sample is None:
+        activation_gib_per_sample = max(0.01, 0.25 * params / 0.9e9)
     return params * BYTES[precision] / 2**30 + batch * activation_gib_per_sample + 1.0
 
 
@@ -94,7 +99,7 @@ PROFILES: dict[str, Profile] = {
         batch_sizes=(1, 2, 4, 8, 16, 32), warmup=10, iters=200, max_seconds_per_case=30.0,
         infer_requests=200, stream_ticks=900, fleet_sizes=(1, 2, 4, 8, 16, 32, 64), fleet_seconds=20.0,
         closed_loop_presets=("xvla-0.9b",), peer_requests=200, peer_presets=("xvla-0.9b",), memory_gib=141.0,
-        notes="H200 141 GB: DA3-XVLA fp32 at batch 32 is ~14 GiB expected; memory is never the limit, time is."),
+        notes="H200 141 GB: DA3-XVLA fp32 at batch 32 is ~19 GiB expected; memory is never the limit, time is."),
 }
 
 

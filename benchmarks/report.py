@@ -73,7 +73,8 @@ def flops_section(r: dict[str, Any]) -> list[str]:
     return ["## FLOPs per chunk (counted)", "",
             f"vlm once + geometry once + {next(iter(fl.values())).get('steps', 10)} x action step, batch 1, "
             f"counted with {method} (matmul/conv/attention FLOPs, a multiply-add = 2; elementwise ops not counted). "
-            "Expected memory = weights at that precision + 0.25 GiB activations per sample + 1 GiB runtime.", "",
+            "Expected memory = weights at that precision + activations (0.25 GiB per sample at the 0.9B size, scaled by "
+            "parameters) + 1 GiB runtime.", "",
             *_table(["preset", "params", "vlm GFLOP", "geometry GFLOP", "action step GFLOP", "chunk GFLOP",
                      "expected memory"], rows), ""]
 
