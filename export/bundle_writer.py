@@ -14,6 +14,7 @@ Public API::
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import os
@@ -25,9 +26,10 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
-from .graphs import GraphOptions, build_graph_specs
+from .graphs import GraphOptions, build_graph_specs, traced_parts
 from .manifest import DEFAULT_CAMERAS, MANIFEST_NAME, ManifestInputs, build_manifest, write_manifest
-from .onnx_export import DEFAULT_OPSET, TemplateCache, export_graph, onnx_file_size, template_key
+from .onnx_export import (DEFAULT_OPSET, TemplateCache, TraceRequest, export_graph, graph_config_part,
+                          onnx_file_size, pool_started, rebuildable_from_config, template_key, trace_parallel)
 from .parity import (OrtRunner, ParityError, ParityReport, check_parity, engine_chunk, parity_inputs,
                      torch_chunk)
 from .progress import Reporter, human_bytes
@@ -69,6 +71,7 @@ class ExportOptions:
     tokenizer_dir: Optional[Path] = None
     build_tokenizer: bool = False  # build the tiny stand-in tokenizer when the checkpoint ships none
     cache_dir: Optional[Path] = None  # TemplateCache: reuse graphs of an architecture exported before
+    jobs: Optional[int] = None  # graphs traced in parallel processes (None: one per graph, up to the CPU count)
     model_name: Optional[str] = None
     domains: Optional[dict[str, int]] = None
     overwrite: bool = True
@@ -172,7 +175,7 @@ def _tokenizer_step(bundle: Path, loaded: LoadedModel, opts: ExportOptions, repo
         vocab = int(loaded.model.config.florence_config.text_config.vocab_size)
         build_tiny_tokenizer(out, vocab_size=max(300, min(vocab, 1024)))
         files = sorted(p.name for p in out.iterdir() if p.is_file())
-        return {"dir": "tokenizer", "files": files, "source": "built: tiny byte-level BPE stand-in (not a trained vocabulary)"}
+        return {"dir": "tokenizer", "files": files, "source": "built: tiny stand-in BPE (not a trained vocabulary)"}
     reporter.warn("the checkpoint ships no tokenizer (vocab.json + merges.txt): the bundle has none, so "
                   "clients must send token ids (input_ids); pass --tokenizer DIR to include one")
     return None
@@ -206,19 +209,10 @@ def _move_into_place(staging: Path, out_dir: Path) -> None:
         shutil.rmtree(old, ignore_errors=True)
 
 
-def _config_part(model: torch.nn.Module, graph: str) -> object:
-    """The part of the config a graph's structure depends on (template cache key)."""
-    cfg = model.config
-    if graph == "vlm":
-        return {"florence": cfg.florence_config, "skills": bool(getattr(model, "skill_heads", None) is not None),
-                "num_skills": cfg.num_skills}
-    return cfg
-
-
 # ------------------------------------------------------------------------------------ main entry
 
 
-def export_bundle(model_or_dir: Union[str, Path, torch.nn.Module], out_dir: Union[str, Path], *,
+def export_bundle(model_or_dir: Union[str, Path, torch.nn.Module, LoadedModel], out_dir: Union[str, Path], *,
                   tokenizer_dir: Optional[Union[str, Path]] = None, precision: str = "fp32", max_batch: int = 8,
                   opset: Optional[int] = None, parity: bool = True, reporter: Optional[Reporter] = None,
                   model_name: Optional[str] = None, **options: Any) -> Path:
@@ -256,14 +250,25 @@ def _export_loaded(loaded: LoadedModel, out_dir: Path, opts: ExportOptions, repo
         with reporter.step("trace shapes") as rec:
             specs = build_graph_specs(model, gopts)
             rec.detail = ", ".join(specs)
+        parts = traced_parts(specs)
+        keys = {name: template_key(spec, graph_config_part(model, name), opts.opset) for name, spec in parts.items()}
         cache = TemplateCache(opts.cache_dir) if opts.cache_dir else None
+        todo = [n for n in parts if cache is None or cache.lookup(keys[n]) is None]
+        jobs = opts.jobs if opts.jobs is not None else min(len(todo), os.cpu_count() or 1)
+        parallel = (len(todo) > 1 and jobs > 1) or (todo and pool_started())
+        if parallel and rebuildable_from_config(model):
+            if cache is None:  # a private cache for this export only
+                cache = TemplateCache(_scratch_dir(out_dir))
+            reqs = [TraceRequest(model.config.to_dict(), n, dataclasses.asdict(gopts), opts.opset, keys[n])
+                    for n in todo]
+            with reporter.step(f"trace {', '.join(todo)} (worker processes)"):
+                trace_parallel(reqs, cache, max(jobs, 1))
         graphs = {}
         for name, spec in specs.items():
-            key = template_key(spec, _config_part(model, name), opts.opset)
-            reused = cache is not None and cache.lookup(key) is not None
-            with reporter.step(f"export {name}.onnx" + (" (cached graph, new weights)" if reused else "")) as rec:
+            reused = cache is not None and all(cache.lookup(keys[p.name]) is not None for p in (spec.parts or [spec]))
+            with reporter.step(f"export {name}.onnx" + (" (traced graph, this model's weights)" if reused else "")) as rec:
                 graphs[name] = export_graph(spec, staging, opset=opts.opset, verbose=opts.verbose,
-                                            cache=cache, cache_key=key)
+                                            cache=cache, cache_keys=keys)
                 rec.detail = human_bytes(onnx_file_size(staging, graphs[name]))
         with reporter.step("tokenizer") as rec:
             tok = _tokenizer_step(staging, loaded, opts, reporter)
@@ -314,10 +319,42 @@ def _export_loaded(loaded: LoadedModel, out_dir: Path, opts: ExportOptions, repo
         if staging.exists():
             shutil.rmtree(staging, ignore_errors=True)
         raise
+    finally:
+        scratch = _scratch_dir(out_dir)
+        if scratch.exists():
+            shutil.rmtree(scratch, ignore_errors=True)
     final = out_dir.expanduser().resolve()
     seconds = {r.name.split()[1].split(".")[0]: r.seconds for r in reporter.steps if r.name.startswith("export ")}
     reporter.summary(summary_rows(final, manifest, seconds), title=f"bundle {final}")
     return final
+
+
+def _scratch_dir(out_dir: Path) -> Path:
+    return out_dir.expanduser().resolve().parent / f".{Path(out_dir).name}.templates-{os.getpid()}"
+
+
+def prefetch_templates(source: Union[str, Path, torch.nn.Module, LoadedModel], cache_dir: Union[str, Path],
+                       jobs: Optional[int] = None, **options: Any) -> int:
+    """Start tracing ``source``'s graphs into ``cache_dir`` in worker processes and return at once.
+
+    A later :func:`export_bundle` with the same ``cache_dir`` and options waits for (or reuses)
+    those traces. Lets a test session or a batch of exports trace every architecture it will
+    need concurrently. Returns the number of graphs submitted.
+    """
+    from .onnx_export import submit_traces
+
+    loaded = source if isinstance(source, LoadedModel) else load_model(source)
+    opts = ExportOptions(cache_dir=Path(cache_dir), **options)
+    opts.check()
+    gopts = GraphOptions(num_views=opts.num_views, image_size=tuple(opts.image_size),
+                         max_text_len=opts.max_text_len, chunk_steps=opts.steps if opts.unrolled else None)
+    model = loaded.model
+    if not rebuildable_from_config(model):
+        return 0
+    parts = traced_parts(build_graph_specs(model, gopts))
+    reqs = [TraceRequest(model.config.to_dict(), n, dataclasses.asdict(gopts), opts.opset,
+                         template_key(spec, graph_config_part(model, n), opts.opset)) for n, spec in parts.items()]
+    return len(submit_traces(reqs, TemplateCache(Path(cache_dir)), jobs or (os.cpu_count() or 1)))
 
 
 def _fail(staging: Path, out_dir: Path, report: ParityReport) -> None:

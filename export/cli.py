@@ -68,6 +68,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--cache-dir", type=Path, default=os.environ.get("XVLA_EXPORT_CACHE") or None,
                    help="reuse graphs of an architecture exported before, swapping in the new weights "
                         "(env XVLA_EXPORT_CACHE)")
+    p.add_argument("--jobs", type=int, default=None,
+                   help="graphs traced in parallel processes (default: one per graph, up to the CPU count)")
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--trt", action="store_true", help="also build TensorRT engines (needs TensorRT and a GPU)")
     trt.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT optimises for (default 1)")
@@ -122,7 +124,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             domains=dict(args.domain) if args.domain else None, build_tokenizer=args.build_tokenizer,
             parity_seed=args.parity_seed,
             parity_providers=("CUDAExecutionProvider",) if args.parity_provider == "cuda" else ("CPUExecutionProvider",),
-            cache_dir=args.cache_dir, trt=args.trt, trt_opt_batch=args.opt_batch,
+            cache_dir=args.cache_dir, jobs=args.jobs, trt=args.trt, trt_opt_batch=args.opt_batch,
             trt_workspace_gb=args.workspace_gb, trt_timing_cache=args.timing_cache, verbose=args.verbose)
     except ParityError as exc:
         print(f"xvla-export: {exc}", file=sys.stderr)

@@ -56,6 +56,9 @@ class GraphSpec:
     outputs: list[TensorSpec] = field(default_factory=list)
     # Value ranges for integer inputs (exclusive high): example data must be valid ids.
     int_ranges: dict[str, int] = field(default_factory=dict)
+    # A graph exported as separately traced parts joined into one ONNX file (vlm = encoder +
+    # skill heads): the encoder trace is then shared with every model of the same Florence-2.
+    parts: list["GraphSpec"] = field(default_factory=list)
 
     @property
     def input_names(self) -> list[str]:
@@ -88,10 +91,11 @@ class GraphSpec:
 class VLMGraph(nn.Module):
     """Florence-2 encoder (+ v20 skill heads): once per chunk."""
 
-    def __init__(self, model: nn.Module) -> None:
+    def __init__(self, model: nn.Module, with_skills: Optional[bool] = None) -> None:
         super().__init__()
         self.model = model
-        self.with_skills = getattr(model, "skill_heads", None) is not None
+        has = getattr(model, "skill_heads", None) is not None
+        self.with_skills = has if with_skills is None else (with_skills and has)
 
     def forward(self, image_input: torch.Tensor, image_mask: torch.Tensor,
                 input_ids: torch.Tensor) -> tuple[torch.Tensor, ...]:
@@ -101,6 +105,18 @@ class VLMGraph(nn.Module):
             heads = self.model.skill_heads(enc["vlm_features"])
             out = out + (heads["skill_logits"], heads["progress"])
         return out
+
+
+class SkillHeadsGraph(nn.Module):
+    """The v20 heads alone (vlm_features -> skill_logits, progress): the vlm graph's second part."""
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.model = model
+
+    def forward(self, vlm_features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        heads = self.model.skill_heads(vlm_features)
+        return heads["skill_logits"], heads["progress"]
 
 
 class GeometryGraph(nn.Module):
@@ -132,9 +148,12 @@ class _ActionCall(nn.Module):
                                       vlm_features=vlm_features, aux_visual_inputs=aux_visual_inputs,
                                       task_id=task_id, skill_id=skill_id, geometry_tokens=geometry_tokens)
 
-    def _split(self, rest: tuple[torch.Tensor, ...]) -> tuple[Optional[torch.Tensor], ...]:
-        """(task_id, skill_id, geometry_tokens) from the optional trailing inputs."""
-        rest = list(rest)
+    def _split(self, extras: tuple[Optional[torch.Tensor], ...]) -> tuple[Optional[torch.Tensor], ...]:
+        """(task_id, skill_id, geometry_tokens) from the optional trailing inputs, in that order.
+
+        Explicit optional parameters rather than ``*args``: torch.export needs a fixed signature.
+        """
+        rest = [e for e in extras if e is not None]
         task_id = skill_id = geometry_tokens = None
         if self.with_prompts:
             task_id, skill_id = rest.pop(0), rest.pop(0)
@@ -149,8 +168,9 @@ class ActionGraph(_ActionCall):
     """ONE denoising step on the RAW x_t (the graph applies the action-space preprocess)."""
 
     def forward(self, x_t: torch.Tensor, t: torch.Tensor, proprio: torch.Tensor, vlm_features: torch.Tensor,
-                aux_visual_inputs: torch.Tensor, domain_id: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        task_id, skill_id, geo = self._split(rest)
+                aux_visual_inputs: torch.Tensor, domain_id: torch.Tensor, extra0: Optional[torch.Tensor] = None,
+                extra1: Optional[torch.Tensor] = None, extra2: Optional[torch.Tensor] = None) -> torch.Tensor:
+        task_id, skill_id, geo = self._split((extra0, extra1, extra2))
         return self.step(x_t, t, proprio, vlm_features, aux_visual_inputs, domain_id, task_id, skill_id, geo)
 
 
@@ -164,8 +184,9 @@ class ChunkGraph(_ActionCall):
         self.steps = int(steps)
 
     def forward(self, x1: torch.Tensor, proprio: torch.Tensor, vlm_features: torch.Tensor,
-                aux_visual_inputs: torch.Tensor, domain_id: torch.Tensor, *rest: torch.Tensor) -> torch.Tensor:
-        task_id, skill_id, geo = self._split(rest)
+                aux_visual_inputs: torch.Tensor, domain_id: torch.Tensor, extra0: Optional[torch.Tensor] = None,
+                extra1: Optional[torch.Tensor] = None, extra2: Optional[torch.Tensor] = None) -> torch.Tensor:
+        task_id, skill_id, geo = self._split((extra0, extra1, extra2))
         action = torch.zeros_like(x1)
         ones = torch.ones_like(x1[:, 0, 0])  # [B]: t as a batch vector without a data-dependent shape
         for i in range(self.steps, 0, -1):
@@ -186,6 +207,15 @@ class GraphOptions:
     image_size: tuple[int, int] = (224, 224)
     max_text_len: int = 50
     chunk_steps: Optional[int] = None  # also build the unrolled ``chunk`` graph for this many steps
+
+
+def traced_parts(specs: dict[str, GraphSpec]) -> dict[str, GraphSpec]:
+    """What is actually traced: each graph, or its parts for composite graphs (unique names)."""
+    out: dict[str, GraphSpec] = {}
+    for spec in specs.values():
+        for part in (spec.parts or [spec]):
+            out[part.name] = part
+    return out
 
 
 def model_has_geometry(model: nn.Module) -> bool:
@@ -237,16 +267,22 @@ def build_graph_specs(model: nn.Module, options: GraphOptions = GraphOptions()) 
     vocab = int(cfg.florence_config.text_config.vocab_size)
     specs: dict[str, GraphSpec] = {}
 
-    vlm_out = [TensorSpec("vlm_features", "float32", ()), TensorSpec("aux_visual_inputs", "float32", ())]
+    vlm_inputs = [_f32("image_input", v, 3, h, w), TensorSpec("image_mask", "bool", (BATCH, v)),
+                  TensorSpec("input_ids", "int64", (BATCH, L))]
+    enc_out = [TensorSpec("vlm_features", "float32", ()), TensorSpec("aux_visual_inputs", "float32", ())]
+    base = GraphSpec("vlm", VLMGraph(model, with_skills=False), inputs=list(vlm_inputs), outputs=list(enc_out),
+                     int_ranges={"input_ids": vocab})
+    base.outputs = _discover_outputs(base)
+    feat = {s.name: s for s in base.outputs}
     if model_has_skill_heads(model):
-        vlm_out += [TensorSpec("skill_logits", "float32", ()), TensorSpec("progress", "float32", ())]
-    specs["vlm"] = GraphSpec(
-        "vlm", VLMGraph(model),
-        inputs=[_f32("image_input", v, 3, h, w), TensorSpec("image_mask", "bool", (BATCH, v)),
-                TensorSpec("input_ids", "int64", (BATCH, L))],
-        outputs=vlm_out, int_ranges={"input_ids": vocab})
-    specs["vlm"].outputs = _discover_outputs(specs["vlm"])
-    feat = {s.name: s for s in specs["vlm"].outputs}
+        heads = GraphSpec("skill_heads", SkillHeadsGraph(model), inputs=[feat["vlm_features"]],
+                          outputs=[TensorSpec("skill_logits", "float32", ()), TensorSpec("progress", "float32", ())])
+        heads.outputs = _discover_outputs(heads)
+        specs["vlm"] = GraphSpec("vlm", VLMGraph(model), inputs=list(vlm_inputs),
+                                 outputs=base.outputs + heads.outputs, int_ranges={"input_ids": vocab},
+                                 parts=[base, heads])
+    else:
+        specs["vlm"] = base
 
     geometry = model_has_geometry(model)
     if geometry:

@@ -20,10 +20,11 @@ import json
 import logging
 import os
 import shutil
+import tempfile
 import warnings
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Optional
+from typing import Any, Optional
 
 import numpy as np
 import torch
@@ -80,12 +81,13 @@ def _quiet(verbose: bool):
 
 def export_graph(spec: GraphSpec, out_dir: Path, *, opset: int = DEFAULT_OPSET, verbose: bool = False,
                  example_batch: int = 2, cache: Optional["TemplateCache"] = None,
-                 cache_key: Optional[str] = None) -> ExportedGraph:
+                 cache_keys: Optional[dict[str, str]] = None) -> ExportedGraph:
     """Export ``spec`` to ``out_dir/<name>.onnx`` (+ ``.onnx.data``) and check the result's I/O.
 
-    With a ``cache`` and ``cache_key`` (see :func:`template_key`), a graph of the same
-    architecture exported before is reused and only its weights are replaced: seconds instead
-    of minutes. The parity gate checks the result either way.
+    With a ``cache`` and ``cache_keys`` (traced part name -> :func:`template_key`), a graph of
+    the same architecture traced before is reused and only its weights are replaced: seconds
+    instead of minutes. Composite graphs (``spec.parts``) are joined from their parts. The
+    parity gate checks the result either way.
     """
     if opset < MIN_OPSET:
         raise ExportError(f"opset {opset} is too old; the dynamo exporter needs >= {MIN_OPSET}")
@@ -96,18 +98,56 @@ def export_graph(spec: GraphSpec, out_dir: Path, *, opset: int = DEFAULT_OPSET, 
     for p in (path, data):
         if p.exists():
             p.unlink()
-
-    template = cache.lookup(cache_key) if (cache is not None and cache_key) else None
-    if template is not None:
-        swap_weights(template / f"{spec.name}.onnx", spec.module, path)
+    if spec.parts:
+        with tempfile.TemporaryDirectory(dir=out_dir, prefix=f".{spec.name}-parts-") as tmp:
+            files = [export_graph(part, Path(tmp), opset=opset, verbose=verbose, example_batch=example_batch,
+                                  cache=cache, cache_keys=cache_keys) for part in spec.parts]
+            join_graphs([Path(tmp) / f.file for f in files], path, [s.name for s in spec.outputs])
     else:
-        _torch_export(spec, path, opset=opset, verbose=verbose, example_batch=example_batch)
-        if cache is not None and cache_key:
-            cache.store(cache_key, path, spec.name)
+        _export_single(spec, path, opset=opset, verbose=verbose, example_batch=example_batch, cache=cache,
+                       key=(cache_keys or {}).get(spec.name))
     _check_io(spec, path)
     external = [data.name] if data.exists() else []
     steps = getattr(spec.module, "steps", None)
     return ExportedGraph(spec.name, path.name, external, list(spec.inputs), list(spec.outputs), opset, steps)
+
+
+def _export_single(spec: GraphSpec, path: Path, *, opset: int, verbose: bool, example_batch: int,
+                   cache: Optional["TemplateCache"], key: Optional[str]) -> None:
+    template = cache.lookup(key) if (cache is not None and key) else None
+    if template is not None:
+        swap_weights(template / f"{spec.name}.onnx", spec.module, path)
+        return
+    _torch_export(spec, path, opset=opset, verbose=verbose, example_batch=example_batch)
+    if cache is not None and key:
+        cache.store(key, path, spec.name)
+
+
+def join_graphs(parts: list[Path], out_path: Path, outputs: list[str]) -> None:
+    """Chain graphs into one file: each part's inputs come from earlier outputs or become graph inputs.
+
+    Internal names of every part after the first get a prefix so that node, tensor and
+    initializer names cannot collide; inputs and outputs keep their contract names.
+    """
+    import onnx
+    from onnx import compose
+
+    merged = onnx.load(str(parts[0]))
+    for i, part in enumerate(parts[1:], start=1):
+        nxt = compose.add_prefix(onnx.load(str(part)), f"part{i}/", rename_inputs=False, rename_outputs=False)
+        produced = {o.name for o in merged.graph.output}
+        io_map = [(inp.name, inp.name) for inp in nxt.graph.input if inp.name in produced]
+        keep = [o.name for o in merged.graph.output] + [o.name for o in nxt.graph.output]
+        merged = compose.merge_models(merged, nxt, io_map=io_map, outputs=keep)
+    by_name = {o.name: o for o in merged.graph.output}
+    missing = [n for n in outputs if n not in by_name]
+    if missing:
+        raise ExportError(f"joining {[p.name for p in parts]}: outputs {missing} not produced")
+    ordered = [by_name[n] for n in outputs]
+    del merged.graph.output[:]
+    merged.graph.output.extend(ordered)
+    onnx.save_model(merged, str(out_path), save_as_external_data=True, all_tensors_to_one_file=True,
+                    location=out_path.name + ".data", size_threshold=1024)
 
 
 def _torch_export(spec: GraphSpec, path: Path, *, opset: int, verbose: bool, example_batch: int) -> None:
@@ -185,6 +225,158 @@ class TemplateCache:
             tmp.rename(final)
         except OSError:  # another process stored it first
             shutil.rmtree(tmp, ignore_errors=True)
+
+
+# ------------------------------------------------------------------------------------ parallel tracing
+
+
+def graph_config_part(model: torch.nn.Module, graph: str) -> object:
+    """The part of the config a graph's structure depends on (the template key's config)."""
+    cfg = model.config
+    if graph == "vlm":  # the encoder alone: the skill heads are a separate part (``skill_heads``)
+        return {"florence": cfg.florence_config}
+    if graph == "skill_heads":
+        return {"projection_dim": cfg.florence_config.projection_dim, "num_skills": cfg.num_skills}
+    return cfg
+
+
+def rebuildable_from_config(model: torch.nn.Module) -> bool:
+    """True when ``XVLA(model.config)`` has exactly the model's parameters (names and shapes).
+
+    Then a fresh model traced in another process gives the same graph, and only the weights
+    need swapping. Built on the meta device: no memory, a fraction of a second even for 0.9B.
+    """
+    from .model import XVLA
+
+    if type(model) is not XVLA:
+        return False
+    try:
+        with torch.device("meta"):
+            fresh = XVLA(type(model.config).from_dict(model.config.to_dict()))
+    except Exception:  # noqa: BLE001 - anything unusual: trace in-process instead
+        return False
+    a = {k: tuple(v.shape) for k, v in model.state_dict().items()}
+    b = {k: tuple(v.shape) for k, v in fresh.state_dict().items()}
+    return a == b
+
+
+@dataclass(frozen=True)
+class TraceRequest:
+    """One graph to trace from a config in a worker process, stored in the cache under ``key``."""
+
+    config: dict
+    graph: str
+    options: dict
+    opset: int
+    key: str
+
+
+def _worker_init() -> None:
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    torch.set_num_threads(1)  # tracing is single-threaded Python; leave the cores to the other workers
+    warnings.simplefilter("ignore")
+    logging.disable(logging.WARNING)
+
+
+def _trace_in_worker(req: TraceRequest, cache_root: str) -> str:
+    from .graphs import GraphOptions, build_graph_specs
+    from .model import XVLA, XVLAConfig
+
+    torch.manual_seed(0)
+    model = XVLA(XVLAConfig.from_dict(req.config)).eval()
+    opts = dict(req.options)
+    opts["image_size"] = tuple(opts["image_size"])
+    from .graphs import traced_parts
+
+    spec = traced_parts(build_graph_specs(model, GraphOptions(**opts)))[req.graph]
+    key = template_key(spec, graph_config_part(model, req.graph), req.opset)
+    if key != req.key:
+        raise ExportError(f"graph {req.graph!r}: a model rebuilt from its config traces differently "
+                          f"(template key {key} != {req.key})")
+    cache = TemplateCache(Path(cache_root))
+    if cache.lookup(key) is None:
+        work = Path(cache_root) / f".trace-{key}-{os.getpid()}"
+        work.mkdir(parents=True, exist_ok=True)
+        try:
+            path = work / f"{req.graph}.onnx"
+            _torch_export(spec, path, opset=req.opset, verbose=False, example_batch=2)
+            cache.store(key, path, req.graph)
+        finally:
+            shutil.rmtree(work, ignore_errors=True)
+    return key
+
+
+_POOLS: dict[int, Any] = {}
+
+
+def _pool(jobs: int):
+    """A process pool kept for the life of this process (workers pay torch's import once)."""
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor
+
+    pool = next(iter(_POOLS.values()), None)  # one pool per process; the first caller sizes it
+    if pool is None:
+        pool = ProcessPoolExecutor(max_workers=jobs, mp_context=multiprocessing.get_context("spawn"),
+                                   initializer=_worker_init)
+        _POOLS[jobs] = pool
+    return pool
+
+
+_INFLIGHT: dict[tuple[str, str], Any] = {}
+
+
+def submit_traces(requests: list[TraceRequest], cache: "TemplateCache", jobs: int) -> list:
+    """Start tracing ``requests`` in worker processes; returns their futures without waiting.
+
+    A key already cached is skipped; a key already being traced (by an earlier call in this
+    process) is not traced twice: its running future is returned instead.
+    """
+    futures = []
+    for req in requests:
+        if cache.lookup(req.key) is not None:
+            continue
+        slot = (str(Path(cache.root).resolve()), req.key)
+        fut = _INFLIGHT.get(slot)
+        if fut is None or (fut.done() and fut.exception() is not None):
+            fut = _pool(max(1, jobs)).submit(_trace_in_worker, req, str(cache.root))
+            _INFLIGHT[slot] = fut
+        futures.append((req, fut))
+    return futures
+
+
+def trace_parallel(requests: list[TraceRequest], cache: "TemplateCache", jobs: int) -> None:
+    """Trace several graphs at once, one process each (up to ``jobs``), into ``cache``; wait for them.
+
+    Tracing is single-threaded Python that takes tens of seconds (tiny) to many minutes (0.9B)
+    per graph; the vlm, geometry and action graphs are independent.
+    """
+    errors = []
+    for req, fut in submit_traces(requests, cache, jobs):
+        try:
+            fut.result()
+        except Exception as exc:  # noqa: BLE001 - collected, then raised together
+            errors.append(f"{req.graph}: {type(exc).__name__}: {exc}")
+    if errors:
+        raise ExportError("parallel tracing failed: " + "; ".join(errors))
+
+
+def pool_started() -> bool:
+    return bool(_POOLS)
+
+
+def shutdown_pool(kill: bool = False) -> None:
+    """Stop the worker processes; ``kill`` also ends traces still running (e.g. prefetches nobody waits for).
+
+    Without it, interpreter exit waits for every running trace to finish.
+    """
+    for pool in list(_POOLS.values()):
+        procs = list(getattr(pool, "_processes", {}).values()) if kill else []
+        pool.shutdown(wait=False, cancel_futures=True)
+        for proc in procs:
+            if proc.is_alive():
+                proc.terminate()
+    _POOLS.clear()
+    _INFLIGHT.clear()
 
 
 def swap_weights(template: Path, module: torch.nn.Module, out_path: Path) -> None:

@@ -136,6 +136,9 @@ def lower_precision_onnx(src: Path, dst: Path, precision: str) -> Path:
     if precision == "bf16":
         _retype_fp16_to_bf16(low)
     _toposort(low.graph)  # the converter appends its Cast nodes at the end; ONNX (and TensorRT) need order
+    # The converter's value_info can contradict the graph (a Constant's value_float is always
+    # float32 whatever it records); consumers infer intermediate types themselves.
+    del low.graph.value_info[:]
     onnx.save_model(low, str(dst), save_as_external_data=True, all_tensors_to_one_file=True,
                     location=dst.name + ".data", size_threshold=1024)
     return dst

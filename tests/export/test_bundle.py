@@ -118,12 +118,17 @@ def test_schema_names_the_bad_field(tiny_cli_bundle, mutate, field):
 
 
 def test_tokenizer_in_the_bundle_encodes_instructions(tiny_cli_bundle):
-    from xvla.export.tokenizer import load_tokenizer, tokenize
+    """The runtime's own tokenizer loader (no transformers) reads the bundle's tokenizer."""
+    from xvla.runtime.preprocess import InstructionTokenizer
 
-    tok = load_tokenizer(tiny_cli_bundle / "tokenizer")
-    ids = tokenize(tok, ["pick up the red cup"], max_len=50)
-    assert ids.shape == (1, 50) and ids[0, 0] == 0 and ids[0, -1] == 1
-    assert ids.max() < _manifest(tiny_cli_bundle)["model_config"]["florence_config"]["text_config"]["vocab_size"]
+    m = _manifest(tiny_cli_bundle)
+    assert m["tokenizer"]["dir"] == "tokenizer" and "vocab.json" in m["tokenizer"]["files"]
+    tok = InstructionTokenizer(tiny_cli_bundle / "tokenizer", m["preprocess"]["max_text_len"],
+                               m["preprocess"]["pad_token_id"])
+    ids = tok("pick up the red cup")
+    assert ids.shape == (50,) and ids[0] == m["preprocess"]["bos_token_id"] and ids[-1] == 1
+    assert 2 < int(np.argmax(ids == m["preprocess"]["eos_token_id"])) < 49
+    assert ids.max() < m["model_config"]["florence_config"]["text_config"]["vocab_size"]
 
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
@@ -136,11 +141,10 @@ def test_cli_usage_errors_exit_2(tmp_path, capsys):
 
 
 def test_trt_without_tensorrt_is_one_line_and_exit_2(tmp_path, capsys):
-    try:
-        import tensorrt  # noqa: F401
+    import importlib.util
+
+    if importlib.util.find_spec("tensorrt") is not None:
         pytest.skip("TensorRT is installed here")
-    except ImportError:
-        pass
     assert main(["--preset", "tiny", "-o", str(tmp_path / "b"), "--trt"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "pip install tensorrt" in err

@@ -14,6 +14,7 @@ import pytest
 
 from tests.bundles import make_checkpoint_bundle
 from tests.conformance.xvla_goldens import checkpoint_names, load_checkpoint_goldens, load_set, xvla_root
+from tests.export.helpers import golden_export_options
 from xvla.export.parity import ManifestGraph, OrtRunner
 from xvla.runtime.flow_matching import flow_matching_chunk, postprocess_actions
 
@@ -31,10 +32,7 @@ def _root(conformance_dir):
 def exported(conformance_dir, export_root):
     """{checkpoint name: bundle} for every conformance checkpoint, shaped like the golden inputs."""
     root = _root(conformance_dir)
-    inputs = load_set(root).inputs
-    _, views, _, h, w = inputs["image_input"].shape
-    opts = dict(num_views=int(views), image_size=(int(h), int(w)), max_text_len=int(inputs["input_ids"].shape[1]),
-                parity_batch=int(inputs["input_ids"].shape[0]))
+    opts = golden_export_options(root)
     return root, {name: make_checkpoint_bundle(export_root, root / name, **opts) for name in checkpoint_names(root)}
 
 
