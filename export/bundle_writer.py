@@ -308,7 +308,7 @@ def _export_loaded(loaded: LoadedModel, out_dir: Path, opts: ExportOptions, repo
 
             try:
                 manifest["tensorrt"] = build_bundle_engines(
-                    staging, graphs, opts, reporter, model=model, specs=specs, reference=reference, inputs=inputs,
+                    staging, graphs, opts, reporter, reference=reference, inputs=inputs,
                     action_space=manifest["action_space"])
             except ParityError as exc:
                 _fail(staging, out_dir, exc.report)

@@ -354,9 +354,13 @@ class TrtRunner:
 
 
 def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportOptions", reporter: "Reporter", *,
-                         model: Any, specs: Mapping[str, Any], reference: Optional[Mapping[str, Any]],
-                         inputs: Optional[Mapping[str, Any]], action_space: Mapping[str, Any]) -> dict[str, Any]:
-    """Build every graph's engine into ``engines/``, run the parity gate on them -> manifest section."""
+                         reference: Optional[Mapping[str, Any]], inputs: Optional[Mapping[str, Any]],
+                         action_space: Mapping[str, Any]) -> dict[str, Any]:
+    """Build every graph's engine into ``engines/``, run the parity gate on them -> manifest section.
+
+    ``reference``/``inputs`` are the PyTorch chunk and its inputs from the ONNX gate (None with
+    ``--no-parity``: the engines are then not checked either, and the section says so).
+    """
     from .parity import ParityError, check_parity, engine_chunk
 
     trt = require_tensorrt()
@@ -376,7 +380,9 @@ def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportO
             rec.detail = f"{res.bytes / 2**20:.1f} MiB, {res.fp32_layers} layers pinned to fp32"
         section["engines"][name] = {"file": f"engines/{name}.plan", "build_seconds": round(res.seconds, 2),
                                     "bytes": res.bytes}
-    if reference is not None and inputs is not None:
+    if reference is None or inputs is None:
+        reporter.warn("TensorRT parity skipped (--no-parity)")
+    else:
         precision = "trt-fp32" if opts.precision == "fp32" else opts.precision
         with reporter.step("parity: TensorRT chunk") as rec:
             runner = TrtRunner(bundle, {n: e["file"] for n, e in section["engines"].items()}, opts.max_batch,

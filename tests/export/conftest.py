@@ -12,28 +12,34 @@ from tests.export.helpers import golden_checkpoints, golden_export_options
 
 
 @pytest.fixture(scope="session", autouse=True)
-def _trace_ahead():
-    """Start tracing every architecture these tests export, in worker processes, right away.
+def _trace_ahead(request):
+    """Start tracing every architecture the selected tests export, in worker processes, right away.
 
     Tracing dominates the export time and is independent per graph: queued together the
     traces keep both cores busy while the first tests run (exports then wait only for their
-    own graphs). Each later export swaps its own weights into the traced graphs.
+    own graphs). Each later export swaps its own weights into the traced graphs. Only what
+    the collected tests use is traced (``-k`` / single-file runs stay cheap).
     """
     from xvla.export.bundle_writer import prefetch_templates, preset_model
     from xvla.export.model import XVLAConfig
 
+    used = set()
+    for item in request.session.items:
+        used.update(getattr(item, "fixturenames", ()))
     cache = export_cache_dir()
-    prefetch_templates(preset_model("tiny", 0), cache)
-    root, names = golden_checkpoints(conformance_root())
-    for name in names:
-        prefetch_templates(root / name, cache, **golden_export_options(root))
-    for preset in ("tiny-geo", "tiny-r1pro-v20"):
-        if preset in XVLAConfig.preset_names():
+    if "tiny_cli_bundle" in used:
+        prefetch_templates(preset_model("tiny", 0), cache)
+    if "exported" in used:
+        root, names = golden_checkpoints(conformance_root())
+        for name in names:
+            prefetch_templates(root / name, cache, **golden_export_options(root))
+    for fixture, preset in (("geo_bundle", "tiny-geo"), ("v20_bundle", "tiny-r1pro-v20")):
+        if fixture in used and preset in XVLAConfig.preset_names():
             prefetch_templates(preset_model(preset, 0), cache)
     yield
     from xvla.export.onnx_export import shutdown_pool
 
-    shutdown_pool(kill=True)  # a partial run (-k, one file) must not wait for traces it never used
+    shutdown_pool(kill=True)  # a partial run must not wait for traces it never used
 
 
 @pytest.fixture(scope="session")

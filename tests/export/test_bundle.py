@@ -173,6 +173,17 @@ def test_parity_failure_exits_1_and_writes_no_bundle(tmp_path, capsys, monkeypat
     assert report["outputs"]["vlm_features"]["passed"] is True
 
 
+def test_no_parity_is_recorded_as_not_run(tiny_cli_bundle, tmp_path, capsys):
+    out = tmp_path / "unchecked"
+    code = main(["--preset", "tiny", "--seed", "2", "-o", str(out), "--cache-dir", str(export_cache_dir()),
+                 "--no-parity", "--max-batch", "2", "--camera-names", "front,left,right", "--domain", "aloha=3"])
+    assert code == 0
+    m = _manifest(out)
+    assert m["parity"] is None and m["max_batch"] == 2 and m["source"]["seed"] == 2
+    assert m["preprocess"]["camera_names"] == ["front", "left", "right"] and m["domains"] == {"aloha": 3}
+    assert "parity gate skipped" in capsys.readouterr().err
+
+
 def test_template_cache_reuses_the_graph_with_new_weights(tiny_cli_bundle, tmp_path):
     """A second model of the same architecture reuses the traced graph; parity proves the weights."""
     out = export_bundle(preset_model("tiny", seed=1), tmp_path / "seed1", cache_dir=export_cache_dir())
