@@ -269,13 +269,19 @@ def _pin_fp32_layers(trt: Any, network: Any) -> int:
                 elif prod.type in (trt.LayerType.ELEMENTWISE, trt.LayerType.SHUFFLE, trt.LayerType.CAST):
                     nxt.extend(prod.get_input(j) for j in range(prod.num_inputs))
             frontier = nxt
-    for i in pinned:
+    floats = (trt.float32, trt.float16, trt.bfloat16)
+    count = 0
+    for i in sorted(pinned):
         layer = layers[i]
+        ins = [layer.get_input(j) for j in range(layer.num_inputs)]
+        if not any(t is not None and t.dtype in floats for t in ins):
+            continue  # e.g. a reduction over int64 shape values: nothing to keep in fp32
         layer.precision = trt.float32
         for k in range(layer.num_outputs):
-            if layer.get_output_type(k) in (trt.float16, trt.bfloat16, trt.float32):
+            if layer.get_output(k).dtype in floats:
                 layer.set_output_type(k, trt.float32)
-    return len(pinned)
+        count += 1
+    return count
 
 
 def build_engine(onnx_path: Path, inputs: list, plan_path: Path, *, precision: str, max_batch: int,
