@@ -4,7 +4,9 @@ Backends (each skipped with a reason when it cannot run here, never silently rep
 
 * ``torch``        PyTorch eager on the exported graph modules (fp16/bf16 through autocast);
                    on CUDA every sample ends with ``torch.cuda.synchronize()``.
-* ``ort-cpu``      ONNX Runtime, CPU provider, the bundle's graphs.
+* ``ort-cpu``      ONNX Runtime, CPU provider, the bundle's graphs (ORT's defaults, as the runtime uses them).
+* ``ort-cpu-nospin`` the same with ``session.intra_op.allow_spinning=0``: idle sessions' threads
+                   stop spin-waiting, so the VLM and action sessions do not fight for the cores.
 * ``ort-cuda``     ONNX Runtime, CUDA provider. Stages are timed with io-binding: inputs
                    already on the GPU, outputs bound to the GPU, ``synchronize_outputs()``
                    before the clock stops (kernel time, no PCIe copies).
@@ -207,12 +209,16 @@ class _SessionEngine:
 
 
 ORT_PROVIDERS = {"ort-cpu": "CPUExecutionProvider", "ort-cuda": "CUDAExecutionProvider",
-                 "ort-tensorrt": "TensorrtExecutionProvider"}
+                 "ort-tensorrt": "TensorrtExecutionProvider",
+                 # the CPU provider with its intra-op threads told not to spin-wait between runs: the runtime
+                 # keeps one session per graph, and spinning pools of idle sessions steal cores from the busy one
+                 "ort-cpu-nospin": "CPUExecutionProvider"}
 
 
 class OrtRunner(Runner):
     def __init__(self, bundle_dir: Path, manifest: Mapping[str, Any], precision: str, steps: int, *, backend: str,
-                 cache_dir: Optional[Path] = None, threads: int = 0, io_binding: Optional[bool] = None) -> None:
+                 cache_dir: Optional[Path] = None, threads: int = 0, io_binding: Optional[bool] = None,
+                 spinning: bool = True) -> None:
         super().__init__(bundle_dir, manifest, precision, steps)
         try:
             import onnxruntime as ort
@@ -229,9 +235,9 @@ class OrtRunner(Runner):
         elif precision != "fp32":
             raise Skip(f"{backend}: bundles' ONNX graphs are fp32 (lower precision runs through TensorRT: "
                        "ort-tensorrt / tensorrt)")
-        self.device = "cpu" if backend == "ort-cpu" else "cuda"
+        self.device = "cpu" if self.provider == "CPUExecutionProvider" else "cuda"
         # io-binding keeps inputs/outputs on the device; on the CPU provider it is the same code path on host memory
-        self.io_binding = backend != "ort-cpu" if io_binding is None else io_binding
+        self.io_binding = self.device == "cuda" if io_binding is None else io_binding
         self.io = "device" if self.io_binding else "host"
         opts: dict[str, Any] = {}
         if backend == "ort-tensorrt":
@@ -243,6 +249,8 @@ class OrtRunner(Runner):
         so.log_severity_level = 3
         if threads:
             so.intra_op_num_threads = threads
+        if not spinning:
+            so.add_session_config_entry("session.intra_op.allow_spinning", "0")
         providers = [(self.provider, opts)] + ([("CUDAExecutionProvider", {})] if backend == "ort-tensorrt" else [])
         self.sessions: dict[str, Any] = {}
         for graph, entry in manifest["graphs"].items():
@@ -386,7 +394,8 @@ def make_runner(backend: str, cfg: ComponentConfig, manifest: Mapping[str, Any],
     if backend == "torch":
         return TorchRunner(cfg.bundle_dir, manifest, precision, cfg.steps, preset=cfg.preset, device=cfg.device)
     if backend in ORT_PROVIDERS:
-        return OrtRunner(cfg.bundle_dir, manifest, precision, cfg.steps, backend=backend, threads=cfg.threads)
+        return OrtRunner(cfg.bundle_dir, manifest, precision, cfg.steps, backend=backend, threads=cfg.threads,
+                         spinning=not backend.endswith("-nospin"))
     if backend == "tensorrt":
         trt_bundle = cfg.trt_bundles.get(precision)
         if trt_bundle is None:

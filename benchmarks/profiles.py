@@ -15,7 +15,7 @@ from typing import Any
 BYTES = {"fp32": 4, "fp16": 2, "bf16": 2}
 
 # Backends, in the order they are reported. Each is skipped with a reason when absent.
-BACKENDS = ("torch", "ort-cpu", "ort-cuda", "ort-tensorrt", "tensorrt")
+BACKENDS = ("torch", "ort-cpu", "ort-cpu-nospin", "ort-cuda", "ort-tensorrt", "tensorrt")
 
 
 @dataclass(frozen=True)
@@ -81,7 +81,7 @@ def expected_memory_gib(params: int, precision: str, batch: int, activation_gib_
 
 PROFILES: dict[str, Profile] = {
     "cpu": Profile(
-        name="cpu", device="cpu", presets=("tiny", "xvla-small"), backends=("torch", "ort-cpu"),
+        name="cpu", device="cpu", presets=("tiny", "xvla-small"), backends=("torch", "ort-cpu", "ort-cpu-nospin"),
         precisions=("fp32",), batch_sizes=(1, 2, 4), warmup=2, iters=20, max_seconds_per_case=8.0,
         infer_requests=20, stream_ticks=150, fleet_sizes=(1, 2, 4, 8), fleet_seconds=8.0,
         closed_loop_presets=("tiny", "xvla-small"), peer_requests=30, peer_presets=("tiny",),
