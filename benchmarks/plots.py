@@ -52,7 +52,8 @@ def stage_breakdown(results: dict[str, Any], path: Path) -> Path:
         if c["batch"] != 1:
             continue
         groups.setdefault((c["preset"], c["backend"], c["precision"]), {})[c["stage"]] = c["dist"]["p50"]
-    labels, parts = [], {"vlm": [], "geometry": [], "denoise (steps x step)": [], "rest (loop, postprocess, session switches)": []}
+    rest = "rest (loop, postprocess, session switches)"
+    labels, parts = [], {"vlm": [], "geometry": [], "denoise (steps x step)": [], rest: []}
     chunk = []
     for (preset, backend, prec), st in groups.items():
         if "chunk" not in st:
@@ -62,7 +63,7 @@ def stage_breakdown(results: dict[str, Any], path: Path) -> Path:
         parts["vlm"].append(vlm)
         parts["geometry"].append(geo)
         parts["denoise (steps x step)"].append(den)
-        parts["rest (loop, postprocess, session switches)"].append(max(0.0, st["chunk"] - vlm - geo - den))
+        parts[rest].append(max(0.0, st["chunk"] - vlm - geo - den))
         chunk.append(st["chunk"])
     fig, ax = plt.subplots(figsize=(max(6.0, 1.5 * len(labels) + 2), 4.5))
     if labels:
