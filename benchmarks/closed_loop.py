@@ -30,7 +30,8 @@ from typing import Any, Callable, Optional
 
 import psutil
 
-from xvla.benchmarks.servers import ServerProcess, _env, metric_value
+from xvla.benchmarks.servers import ServerProcess, metric_value, process_of
+from xvla.runtime.serve_process import child_env as _env
 
 
 class _Sampler:
@@ -53,7 +54,7 @@ class _Sampler:
             self._nvml = None
 
     def start(self) -> "_Sampler":
-        self.server.ps.cpu_percent(None)
+        process_of(self.server).cpu_percent(None)
         for a in self.agents:
             try:
                 a.cpu_percent(None)
@@ -66,7 +67,7 @@ class _Sampler:
     def _run(self) -> None:
         while not self._stop.wait(self.period):
             try:
-                self.samples["server_cpu_pct"].append(self.server.ps.cpu_percent(None))
+                self.samples["server_cpu_pct"].append(process_of(self.server).cpu_percent(None))
             except psutil.Error:
                 pass
             total = 0.0

@@ -3,71 +3,27 @@ policy server never share an interpreter, a GIL or an event loop)."""
 
 from __future__ import annotations
 
-import asyncio
-import os
-import signal
-import socket
 import subprocess
 import sys
 import time
-import urllib.request
-from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
 
 import psutil
 
+from xvla.runtime.serve_process import ServerProcess, child_env as _env, free_port, wait_serving
+from xvla.runtime.serve_process import start_xvla_serve as _start_xvla_serve
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-def _env() -> dict[str, str]:
-    return dict(os.environ, HF_HUB_OFFLINE="1", TOKENIZERS_PARALLELISM="false", PYTHONUNBUFFERED="1")
+__all__ = ["ServerProcess", "free_port", "metric_value", "process_of", "start_peer", "start_xvla_serve",
+           "wait_peer", "wait_serving"]
 
 
-@dataclass
-class ServerProcess:
-    """A started server: its process, address and (for xvla-serve) the Prometheus port."""
-
-    name: str
-    proc: subprocess.Popen
-    port: int
-    metrics_port: Optional[int] = None
-    log_path: Optional[Path] = None
-    _ps: Optional[psutil.Process] = field(default=None, repr=False)
-
-    @property
-    def target(self) -> str:
-        return f"127.0.0.1:{self.port}"
-
-    @property
-    def ps(self) -> psutil.Process:
-        if self._ps is None:
-            self._ps = psutil.Process(self.proc.pid)
-        return self._ps
-
-    def check_alive(self) -> None:
-        if self.proc.poll() is not None:
-            tail = self.log_path.read_text()[-3000:] if self.log_path and self.log_path.exists() else ""
-            raise RuntimeError(f"{self.name} exited with code {self.proc.returncode}:\n{tail}")
-
-    def metrics_text(self) -> str:
-        if self.metrics_port is None:
-            return ""
-        with urllib.request.urlopen(f"http://127.0.0.1:{self.metrics_port}/metrics", timeout=5) as r:
-            return r.read().decode()
-
-    def stop(self, timeout: float = 15.0) -> None:
-        if self.proc.poll() is None:
-            self.proc.send_signal(signal.SIGTERM)
-            try:
-                self.proc.wait(timeout=timeout)
-            except subprocess.TimeoutExpired:
-                self.proc.kill()
-                self.proc.wait(timeout=5)
+def process_of(server: ServerProcess) -> psutil.Process:
+    """The server's psutil handle (CPU use sampling in the closed loop); cached on the object."""
+    ps = getattr(server, "_ps", None)
+    if ps is None:
+        ps = psutil.Process(server.proc.pid)
+        server._ps = ps  # type: ignore[attr-defined]
+    return ps
 
 
 def metric_value(text: str, name: str, labels: str = "") -> float:
@@ -89,39 +45,8 @@ def metric_value(text: str, name: str, labels: str = "") -> float:
 
 def start_xvla_serve(bundle: Path, log_dir: Path, providers: str = "cpu", threads: int = 0,
                      extra_args: tuple[str, ...] = ()) -> ServerProcess:
-    port, mport = free_port(), free_port()
-    log_dir.mkdir(parents=True, exist_ok=True)
-    log_path = log_dir / f"xvla-serve-{port}.log"
-    cmd = [sys.executable, "-m", "xvla.runtime.cli", "--bundle", str(bundle), "--host", "127.0.0.1",
-           "--port", str(port), "--metrics-port", str(mport), "--providers", providers, "--threads", str(threads),
-           "--log-level", "warning", *extra_args]
-    with open(log_path, "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT, env=_env())
-    return ServerProcess("xvla-serve", proc, port, mport, log_path)
-
-
-async def _wait_serving(server: ServerProcess, timeout: float) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(server.target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            server.check_alive()
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.1)
-    raise TimeoutError(f"{server.name} at {server.target} not SERVING after {timeout:.0f} s")
-
-
-def wait_serving(server: ServerProcess, timeout: float = 300.0) -> ServerProcess:
-    asyncio.run(_wait_serving(server, timeout))
-    return server
+    log_path = log_dir / f"xvla-serve-{time.time_ns()}.log"
+    return _start_xvla_serve(bundle, log_path, providers=providers, threads=threads, extra_args=extra_args)
 
 
 def start_peer(style: str, bundle: Path, log_dir: Path, threads: int = 0, providers: str = "cpu") -> ServerProcess:

@@ -10,42 +10,14 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import os
-import signal
-import socket
 import subprocess
 import sys
-import time
 from pathlib import Path
 
+from xvla.runtime.serve_process import start_xvla_serve, wait_serving
 
 
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
-async def wait_serving(target: str, timeout: float, proc: subprocess.Popen | None = None) -> None:
-    import grpc
-    from grpc_health.v1 import health_pb2, health_pb2_grpc
-
-    deadline = time.monotonic() + timeout
-    async with grpc.aio.insecure_channel(target) as ch:
-        stub = health_pb2_grpc.HealthStub(ch)
-        while time.monotonic() < deadline:
-            if proc is not None and proc.poll() is not None:
-                raise RuntimeError(f"xvla-serve exited with code {proc.returncode}")
-            try:
-                r = await stub.Check(health_pb2.HealthCheckRequest(), timeout=1)
-                if r.status == health_pb2.HealthCheckResponse.SERVING:
-                    return
-            except grpc.aio.AioRpcError:
-                pass
-            await asyncio.sleep(0.2)
-    raise TimeoutError(f"{target} not SERVING after {timeout:.0f} s")
 
 
 def run_agent(target: str, seconds: float, rate: float, mode: str, console) -> int:
@@ -87,24 +59,12 @@ def main(argv: list[str] | None = None) -> int:
 
         with console.status(f"exporting / checking the {args.preset} bundle in {args.artifacts}/ ..."):
             bundle = ensure_bundle(args.preset, args.artifacts)
-    port = free_port()
-    target = f"127.0.0.1:{port}"
-    cmd = [sys.executable, "-m", "xvla.runtime.cli", "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port),
-           "--providers", args.providers, "--log-level", "warning", "--mode", args.mode]
-    console.print(f"[bold]server[/]: {' '.join(cmd[2:])}")
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    try:
+    server = start_xvla_serve(bundle, providers=args.providers, metrics=False, extra_args=("--mode", args.mode))
+    console.print(f"[bold]server[/]: xvla-serve --bundle {bundle} on {server.target} ({args.providers})")
+    with server:
         with console.status("waiting for health SERVING (engines loading + warm-up) ..."):
-            asyncio.run(wait_serving(target, 180.0, proc))
-        return run_agent(target, args.seconds, args.rate, args.mode, console)
-    finally:
-        if proc.poll() is None:
-            proc.send_signal(signal.SIGTERM)
-            try:
-                proc.wait(timeout=15)
-            except subprocess.TimeoutExpired:
-                proc.kill()
-
+            wait_serving(server, 180.0)
+        return run_agent(server.target, args.seconds, args.rate, args.mode, console)
 
 if __name__ == "__main__":
     sys.exit(main())

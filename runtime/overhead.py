@@ -18,8 +18,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import json
-import signal
-import subprocess
 import sys
 import urllib.request
 from pathlib import Path
@@ -88,7 +86,7 @@ def server_tick_mean_ms(metrics_port: int) -> float | None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from xvla.runtime.demo import free_port, wait_serving
+    from xvla.runtime.serve_process import start_xvla_serve, wait_serving
 
     p = argparse.ArgumentParser(prog="python -m xvla.runtime.overhead", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
@@ -106,24 +104,12 @@ def main(argv: list[str] | None = None) -> int:
         from xvla.runtime.artifacts import ensure_bundle
 
         bundle = ensure_bundle("tiny", args.artifacts)
-    port, mport = free_port(), free_port()
-    cmd = [sys.executable, "-m", "xvla.runtime.cli", "--bundle", str(bundle), "--host", "127.0.0.1", "--port", str(port),
-           "--metrics-port", str(mport), "--providers", args.providers, "--threads", str(args.threads),
-           "--log-level", "warning"]
-    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL)
-    try:
-        asyncio.run(wait_serving(f"127.0.0.1:{port}", 180.0, proc))
-        result = asyncio.run(measure(f"127.0.0.1:{port}", args.n, args.rate, args.mode, args.jpeg))
-        result["server_tick_ms_mean"] = server_tick_mean_ms(mport)
+    with start_xvla_serve(bundle, providers=args.providers, threads=args.threads) as server:
+        wait_serving(server, 180.0)
+        result = asyncio.run(measure(server.target, args.n, args.rate, args.mode, args.jpeg))
+        result["server_tick_ms_mean"] = server_tick_mean_ms(server.metrics_port)
         print(json.dumps(result, indent=2))
         return 0
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(timeout=15)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-
 
 if __name__ == "__main__":
     sys.exit(main())
