@@ -20,7 +20,7 @@ import numpy as np
 from grpc import aio
 
 from xvla.agents.bridges.codecs import WireError
-from xvla.agents.bridges.observations import PolicyView
+from xvla.agents.bridges.observations import PolicyView, chunk_size, translate
 from xvla.agents.client import (
     FAILOVER_CODES,
     AsyncPolicyClient,
@@ -222,6 +222,24 @@ class LockstepSession:
         self._frame += len(actions)  # the client will execute them before it asks again
         return actions, resp
 
+    async def answer(self, data: dict) -> dict:
+        """One request of a lock-step protocol (openpi websocket, ZeroMQ): the action for this
+        observation, or the first ``__action_chunk_size__`` actions of a fresh chunk when the
+        request asks for them; a batched request (leading batch axis) gets one back."""
+        policy = await self.prepare()
+        k = chunk_size(data, policy.horizon)
+        b = translate(data, policy, self.encoder)
+        if k is not None:
+            actions, resp = await self.chunk(b.observation, b.task_id, k)
+            out: dict = {"action": actions[0], "action_chunk": actions, "skill": resp.skill}
+        else:
+            action, reply = await self.step(b.observation, b.task_id)
+            out = {"action": action, "skill": reply.skill, "progress": float(reply.progress),
+                   "source": _source_name(reply.source)}
+        if b.batched:
+            out = {key: (v[None] if isinstance(v, np.ndarray) else v) for key, v in out.items()}
+        return out
+
     async def _drop(self) -> None:
         s, self._session = self._session, None
         if s is not None:
@@ -234,3 +252,10 @@ class LockstepSession:
 
     async def close(self) -> None:
         await self._drop()
+
+
+def _source_name(source: int) -> str:
+    try:
+        return pb.ActionSource.Name(source)
+    except ValueError:
+        return str(source)

@@ -27,15 +27,12 @@ import http
 import logging
 import time
 
-import numpy as np
 from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from xvla.agents.bridges.codecs import WireError, packb, unpackb
 from xvla.agents.bridges.core import BridgeConfig, BridgeCore, LockstepSession, PolicyError
-from xvla.agents.bridges.observations import chunk_size, translate
 from xvla.agents.client import ClientConfig
-from xvla.proto import policy_pb2 as pb
 
 log = logging.getLogger(__name__)
 
@@ -101,18 +98,7 @@ class OpenpiBridge:
             await session.reset()
             return None
         self.core.counters["requests"] += 1
-        policy = await session.prepare()
-        k = chunk_size(obs, policy.horizon)
-        b = translate(obs, policy, session.encoder)
-        if k is not None:
-            actions, resp = await session.chunk(b.observation, b.task_id, k)
-            out = {"action": actions[0], "action_chunk": actions, "skill": resp.skill}
-        else:
-            action, reply = await session.step(b.observation, b.task_id)
-            out = {"action": action, "skill": reply.skill, "source": _source_name(reply.source)}
-        if b.batched:
-            out = {k_: (v[None] if isinstance(v, np.ndarray) else v) for k_, v in out.items()}
-        return out
+        return await session.answer(obs)
 
     async def start(self) -> int:
         hard_cap = 4 * self.config.max_message_bytes
@@ -147,9 +133,3 @@ class OpenpiBridge:
         finally:
             await self.stop()
 
-
-def _source_name(source: int) -> str:
-    try:
-        return pb.ActionSource.Name(source)
-    except ValueError:
-        return str(source)

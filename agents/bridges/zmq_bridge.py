@@ -25,13 +25,11 @@ import hmac
 import logging
 import time
 
-import numpy as np
 import zmq
 import zmq.asyncio
 
 from xvla.agents.bridges.codecs import ArrayStyle, WireError, packb, unpackb, uses_style
 from xvla.agents.bridges.core import BridgeConfig, BridgeCore, LockstepSession, PolicyError
-from xvla.agents.bridges.observations import chunk_size, translate
 from xvla.agents.client import ClientConfig
 
 log = logging.getLogger(__name__)
@@ -112,18 +110,7 @@ class ZmqBridge:
         data = req.get("data")
         if not isinstance(data, dict):
             raise WireError("data: get_action needs an observation map")
-        policy = await session.prepare()
-        k = chunk_size(data, policy.horizon)
-        b = translate(data, policy, session.encoder)
-        if k is not None:
-            actions, resp = await session.chunk(b.observation, b.task_id, k)
-            out = {"action": actions[0], "action_chunk": actions, "skill": resp.skill}
-        else:
-            action, reply = await session.step(b.observation, b.task_id)
-            out = {"action": action, "skill": reply.skill, "progress": float(reply.progress)}
-        if b.batched:
-            out = {k_: (v[None] if isinstance(v, np.ndarray) else v) for k_, v in out.items()}
-        return out
+        return await session.answer(data)
 
     async def stop(self) -> None:
         if self._task is not None:
