@@ -133,6 +133,23 @@ class BridgeCore:
             self.client = None
 
 
+class BridgeServer:
+    """What every bridge process does with its listener: start, serve until cancelled, stop cleanly."""
+
+    async def start(self) -> int:  # pragma: no cover - each bridge binds its own listener
+        raise NotImplementedError
+
+    async def stop(self) -> None:  # pragma: no cover
+        raise NotImplementedError
+
+    async def serve_forever(self) -> None:
+        await self.start()
+        try:
+            await asyncio.Future()
+        finally:
+            await self.stop()
+
+
 class LockstepSession:
     """One lock-step client of a bridge = one policy session. Use from one task at a time."""
 

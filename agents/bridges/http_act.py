@@ -14,7 +14,6 @@ Also: ``GET /healthz`` (200/503) and ``GET /describe`` (the policy description a
 
 from __future__ import annotations
 
-import asyncio
 import logging
 import time
 
@@ -22,7 +21,7 @@ import numpy as np
 from aiohttp import web
 
 from xvla.agents.bridges.codecs import WireError, json_numpy_value
-from xvla.agents.bridges.core import BridgeConfig, BridgeCore, LockstepSession, PolicyError
+from xvla.agents.bridges.core import BridgeConfig, BridgeCore, BridgeServer, LockstepSession, PolicyError
 from xvla.agents.bridges.observations import PolicyView
 from xvla.agents.client import ClientConfig
 from xvla.agents.imaging import resize_rgb
@@ -113,7 +112,7 @@ def build_observation(payload: dict, policy: PolicyView) -> tuple[pb.Observation
     return obs, instruction, domain_id, steps
 
 
-class HttpActBridge:
+class HttpActBridge(BridgeServer):
     def __init__(self, client_config: ClientConfig, config: BridgeConfig | None = None) -> None:
         self.config = config or BridgeConfig()
         self.core = BridgeCore(client_config, self.config)
@@ -180,10 +179,3 @@ class HttpActBridge:
             await self._runner.cleanup()
             self._runner = None
         await self.core.close()
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Future()
-        finally:
-            await self.stop()

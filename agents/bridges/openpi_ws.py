@@ -31,7 +31,7 @@ from websockets.asyncio.server import Server, ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
 from xvla.agents.bridges.codecs import WireError, packb, unpackb
-from xvla.agents.bridges.core import BridgeConfig, BridgeCore, LockstepSession, PolicyError
+from xvla.agents.bridges.core import BridgeConfig, BridgeCore, BridgeServer, LockstepSession, PolicyError
 from xvla.agents.client import ClientConfig
 
 log = logging.getLogger(__name__)
@@ -39,7 +39,7 @@ log = logging.getLogger(__name__)
 PROTOCOL = "openpi-websocket"
 
 
-class OpenpiBridge:
+class OpenpiBridge(BridgeServer):
     def __init__(self, client_config: ClientConfig, config: BridgeConfig | None = None) -> None:
         self.config = config or BridgeConfig()
         self.core = BridgeCore(client_config, self.config)
@@ -125,11 +125,4 @@ class OpenpiBridge:
                 log.warning("some connections did not close within 2 s")
             self._server = None
         await self.core.close()
-
-    async def serve_forever(self) -> None:
-        await self.start()
-        try:
-            await asyncio.Future()
-        finally:
-            await self.stop()
 
