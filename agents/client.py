@@ -373,12 +373,7 @@ class RobotStream:
 
     async def aclose(self) -> None:
         self._closing.set()
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
+        await cancel_and_wait(self._task)
 
     def _enqueue(self, observation: pb.Observation) -> None:
         q = self._queue
@@ -537,3 +532,14 @@ class PolicyClient:
 
     def __exit__(self, *exc) -> None:
         self.close()
+
+
+async def cancel_and_wait(task: "asyncio.Task | None") -> None:
+    """Cancels a background task and waits until it has finished; its own error is not ours to raise at close."""
+    if task is None:
+        return
+    task.cancel()
+    try:
+        await task
+    except (asyncio.CancelledError, Exception):  # noqa: BLE001
+        pass

@@ -32,6 +32,7 @@ import numpy as np
 
 from xvla.benchmarks.inputs import chunk_feeds, graph_feeds
 from xvla.benchmarks.stats import Distribution, time_call
+from xvla.runtime.engines.base import Engine, EngineInfo, TensorSpec
 
 log = logging.getLogger(__name__)
 
@@ -178,11 +179,10 @@ class TorchRunner(Runner):
             self.torch.cuda.empty_cache()
 
 
-class _SessionEngine:
+class _SessionEngine(Engine):
     """Adapter: one ORT session as a runtime Engine, so the runtime's Policy runs the chunk on it."""
 
     def __init__(self, session: Any, graph: str, provider: str, precision: str, max_batch: int) -> None:
-        from xvla.runtime.engines.base import EngineInfo, TensorSpec
 
         types = {"tensor(float)": "float32", "tensor(int64)": "int64", "tensor(bool)": "bool",
                  "tensor(float16)": "float16"}
@@ -191,14 +191,6 @@ class _SessionEngine:
         self.outputs = [TensorSpec(o.name, types.get(o.type, o.type), tuple(o.shape)) for o in session.get_outputs()]
         self.info = EngineInfo(graph=graph, backend="onnxruntime", provider=provider, precision=precision,
                                max_batch=max_batch)
-
-    @property
-    def input_names(self) -> list[str]:
-        return [s.name for s in self.inputs]
-
-    @property
-    def output_names(self) -> list[str]:
-        return [s.name for s in self.outputs]
 
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         feeds = {s.name: np.ascontiguousarray(inputs[s.name], dtype=s.dtype) for s in self.inputs}

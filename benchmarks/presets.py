@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from xvla.export.model import R1PRO_ACTION_DIM, R1PRO_IDX_FOR_DELTA, XVLAConfig
-from xvla.export.model.config import BartEncoderConfig, DaViTConfig, FlorenceConfig
+from xvla.export.model import XVLAConfig
+from xvla.export.model.config import BartEncoderConfig, DaViTConfig, FlorenceConfig, r1pro_variant
 
 
 def _xvla_small() -> XVLAConfig:
@@ -38,12 +38,6 @@ def _xvla_small() -> XVLAConfig:
                              encoder_ffn_dim=1024, max_position_embeddings=1024)
     return XVLAConfig(florence_config=FlorenceConfig(vision, text, projection_dim=256),
                       hidden_size=256, depth=6, num_heads=4)
-
-
-def r1pro_variant(cfg: XVLAConfig) -> XVLAConfig:
-    """The same topology with the 23-d R1Pro action head (what the sim agents execute)."""
-    return cfg.replace(action_mode="auto", real_action_dim=R1PRO_ACTION_DIM, max_action_dim=R1PRO_ACTION_DIM,
-                       idx_for_delta=R1PRO_IDX_FOR_DELTA)
 
 
 if "xvla-small" not in XVLAConfig.PRESETS:

@@ -30,7 +30,7 @@ import zmq.asyncio
 
 from xvla.agents.bridges.codecs import ArrayStyle, WireError, packb, unpackb, uses_style
 from xvla.agents.bridges.core import BridgeConfig, BridgeCore, LockstepSession, PolicyError
-from xvla.agents.client import ClientConfig
+from xvla.agents.client import ClientConfig, cancel_and_wait
 
 log = logging.getLogger(__name__)
 
@@ -113,13 +113,8 @@ class ZmqBridge:
         return await session.answer(data)
 
     async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except (asyncio.CancelledError, Exception):  # noqa: BLE001
-                pass
-            self._task = None
+        await cancel_and_wait(self._task)
+        self._task = None
         if self._sock is not None:
             self._sock.close(0)
             self._sock = None

@@ -343,17 +343,18 @@ def _xvla_09b() -> XVLAConfig:
     return XVLAConfig()
 
 
-def _r1pro(base: XVLAConfig, skills: bool) -> XVLAConfig:
+def r1pro_variant(base: XVLAConfig, skills: bool = False) -> XVLAConfig:
+    """The same topology with the R1Pro 23-d mixed delta/absolute action head (+ v20 skill heads)."""
     return base.replace(action_mode="auto", real_action_dim=R1PRO_ACTION_DIM, max_action_dim=R1PRO_ACTION_DIM,
                         idx_for_delta=R1PRO_IDX_FOR_DELTA, skill_conditioning=skills)
 
 
 XVLAConfig.register_preset("tiny", _tiny)
 XVLAConfig.register_preset("xvla-0.9b", _xvla_09b)
-XVLAConfig.register_preset("tiny-r1pro", lambda: _r1pro(_tiny(), skills=False))
-XVLAConfig.register_preset("tiny-r1pro-v20", lambda: _r1pro(_tiny(), skills=True))
-XVLAConfig.register_preset("xvla-0.9b-r1pro", lambda: _r1pro(_xvla_09b(), skills=False))
-XVLAConfig.register_preset("xvla-0.9b-r1pro-v20", lambda: _r1pro(_xvla_09b(), skills=True))
+XVLAConfig.register_preset("tiny-r1pro", lambda: r1pro_variant(_tiny(), skills=False))
+XVLAConfig.register_preset("tiny-r1pro-v20", lambda: r1pro_variant(_tiny(), skills=True))
+XVLAConfig.register_preset("xvla-0.9b-r1pro", lambda: r1pro_variant(_xvla_09b(), skills=False))
+XVLAConfig.register_preset("xvla-0.9b-r1pro-v20", lambda: r1pro_variant(_xvla_09b(), skills=True))
 
 
 # DA3-XVLA (geometry-conditioned) presets; the dict is what an official config.json carries.
@@ -372,4 +373,4 @@ _GEOMETRY_TINY = {**_GEOMETRY_COMMON, "da3_model_name": "da3-tiny", "da3_input_d
 XVLAConfig.register_preset("tiny-geo", lambda: _tiny().replace(geometry_conditioning=dict(_GEOMETRY_TINY)))
 XVLAConfig.register_preset("da3-xvla", lambda: _xvla_09b().replace(geometry_conditioning=dict(_GEOMETRY_V17)))
 XVLAConfig.register_preset("da3-xvla-r1pro",
-                           lambda: _r1pro(_xvla_09b(), skills=False).replace(geometry_conditioning=dict(_GEOMETRY_V17)))
+                           lambda: r1pro_variant(_xvla_09b(), skills=False).replace(geometry_conditioning=dict(_GEOMETRY_V17)))
