@@ -18,6 +18,7 @@ from typing import Any, Mapping
 
 import numpy as np
 
+from xvla.export.model import pose  # numpy-only: shared with the PyTorch geometry path
 from xvla.runtime.r1pro import R1PRO_RAW_DIM, r1pro_state_from_proprio
 
 
@@ -77,21 +78,16 @@ def normalize_image(img: np.ndarray, mean: np.ndarray, std: np.ndarray) -> np.nd
 
 
 def scale_intrinsics(k: np.ndarray, from_hw: tuple[int, int], to_hw: tuple[int, int], mode: str = "per_axis") -> np.ndarray:
-    """Pixel intrinsics of an image resized from ``from_hw`` to ``to_hw``.
+    """Pixel intrinsics of an image resized from ``from_hw`` to ``to_hw`` (the geometry path's own helper).
 
     per_axis: fx, cx scale with the width, fy, cy with the height (a plain resize);
     uniform: both with the width factor (for pipelines that keep the aspect ratio).
     """
-    k = np.asarray(k, np.float32).copy()
-    sy, sx = to_hw[0] / from_hw[0], to_hw[1] / from_hw[1]
     if mode == "uniform":
-        sy = sx
+        to_hw = (from_hw[0] * to_hw[1] / from_hw[1], to_hw[1])
     elif mode != "per_axis":
         raise ValueError(f"preprocess.geometry.intrinsics_scale {mode!r} unknown (per_axis, uniform)")
-    k[0, :] *= sx
-    k[1, :] *= sy
-    k[2, :] = (0.0, 0.0, 1.0)
-    return k
+    return pose.scale_intrinsics(k, from_hw, to_hw)
 
 
 @dataclass
@@ -260,4 +256,9 @@ def check_pose(arr: np.ndarray | None, shape: tuple[int, ...], field: str) -> np
     if tuple(arr.shape) != shape:
         raise InputError(f"{field}.shape", f"expected {list(shape)}, got {list(arr.shape)}")
     finite_or_error(arr, field)
+    if shape == (4, 4):  # a non-rigid pose would silently corrupt the camera tokens
+        try:
+            pose.validate_se3(arr, name=field, view_names=None)
+        except ValueError as exc:
+            raise InputError(field, str(exc).removeprefix(f"{field}: ")) from exc
     return arr.astype(np.float32)

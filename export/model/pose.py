@@ -99,13 +99,15 @@ def validate_se3(
     e64 = e.astype(np.float64)
     lead = e.shape[:-2]
     finite = np.isfinite(e64).all(axis=(-2, -1))
-    for idx in zip(*np.nonzero(~finite)):
-        raise ValueError(f"{name}: {_where(tuple(int(i) for i in idx), view_names)} contains NaN or Inf")
+    indices = list(np.ndindex(*lead)) if lead else [()]  # a single [4,4] matrix has no leading axes
+    for idx in indices:
+        if not finite[idx]:
+            raise ValueError(f"{name}: {_where(tuple(idx), view_names)} contains NaN or Inf")
     bottom_err = np.abs(e64[..., 3, :] - np.array([0.0, 0.0, 0.0, 1.0])).max(axis=-1)
     r = e64[..., :3, :3]
     ortho_err = np.abs(np.swapaxes(r, -1, -2) @ r - np.eye(3)).max(axis=(-2, -1))
     det = np.linalg.det(r) if r.size else np.zeros(lead)
-    for idx in np.ndindex(*lead) if lead else [()]:
+    for idx in indices:
         where = _where(tuple(idx), view_names)
         if bottom_err[idx] > atol:
             raise ValueError(f"{name}: {where} is not homogeneous, last row {e64[idx][3].tolist()} != [0, 0, 0, 1]")

@@ -94,6 +94,15 @@ def test_validate_se3_names_the_bad_view(corrupt, message):
     assert "extrinsics: batch 1, view 2 (right_wrist)" in str(err.value)
 
 
+def test_validate_se3_single_matrix():
+    """One camera's [4,4] pose (what the runtime checks per camera) has no batch or view axes."""
+    e = _rigid(np.random.default_rng(2), 1)[0]
+    assert pose.validate_se3(e, view_names=None).shape == (4, 4)
+    e[0, 0] = np.nan
+    with pytest.raises(ValueError, match="extrinsics: the matrix contains NaN or Inf"):
+        pose.validate_se3(e, view_names=None)
+
+
 def test_validate_se3_shape_and_intrinsics():
     with pytest.raises(ValueError, match=r"extrinsics must have shape \[..., 4, 4\]"):
         pose.validate_se3(np.zeros((1, 3, 3, 4)))

@@ -119,3 +119,15 @@ def test_proprio_preprocessor_accepts_23_and_256():
         pre(np.ones(20, np.float32))
     with pytest.raises(InputError, match="NaN"):
         pre(np.full(23, np.nan, np.float32))
+
+
+def test_camera_pose_must_be_rigid():
+    """A non-rigid or reflected extrinsic is refused with the field named, not passed to the geometry graph."""
+    from xvla.runtime.preprocess import InputError, check_pose
+
+    field = "observation.cameras[head].extrinsics"
+    assert check_pose(np.eye(4), (4, 4), field).dtype == np.float32
+    for bad, why in ((np.diag([2.0, 1, 1, 1]), "not rigid"), (np.diag([-1.0, 1, 1, 1]), "reflection")):
+        with pytest.raises(InputError, match=why) as err:
+            check_pose(bad, (4, 4), field)
+        assert err.value.field == field
