@@ -13,6 +13,11 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 REPO = Path(__file__).resolve().parents[1]
 
+# Tests that assert real-time behaviour (ticks at 30 Hz, zero starved/skipped ticks) measure the
+# wall clock on a shared 2-core machine: a burst of load from outside the test can cost a tick.
+# They run again (same assertions) before they count as failed; a real regression fails every time.
+REALTIME = pytest.mark.flaky(reruns=2, reruns_delay=2)
+
 
 def conformance_root() -> Path:
     """The golden folder: $XVLA_CONFORMANCE_DIR, default ../shared/conformance next to the repo."""

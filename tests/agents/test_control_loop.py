@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import REALTIME
+
 from tests.agents.fake_server import FakeBehaviour, FakeServer, fake_action
 from tests.agents.helpers import free_port
 from xvla.agents.backoff import BackoffConfig
@@ -82,6 +84,7 @@ def _at_rate(st, seconds: float) -> None:
     assert abs(st.duration_s - seconds) < 0.25, st.format()
 
 
+@REALTIME
 def test_loop_executes_the_policy_and_reports():
     with FakeServer() as srv, _client(srv.target) as client:
         rec = Recorder()
@@ -112,6 +115,7 @@ def test_late_answers_execute_the_held_plan():
     assert st.late_replies == st.replies > 0
 
 
+@REALTIME
 def test_hung_server_plan_then_safe_then_watchdog_reconnect_then_resume():
     srv = FakeServer().start()
     try:
@@ -147,6 +151,7 @@ def _start_fake_process(port: int) -> subprocess.Popen:
     return p
 
 
+@REALTIME
 def test_server_killed_mid_run_then_back():
     """The must-show fault test: SIGKILL the server, hold the plan, then the safe action, reconnect, resume."""
     port = free_port()
@@ -192,6 +197,7 @@ def test_server_killed_mid_run_then_back():
     np.testing.assert_array_equal(np.stack(safe)[:, arms], np.repeat(safe[0][None, arms], len(safe), 0))
 
 
+@REALTIME
 def test_failover_to_a_second_target():
     port = free_port()
     primary = _start_fake_process(port)

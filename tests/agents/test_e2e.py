@@ -19,6 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from tests.conftest import REALTIME
+
 from tests.agents.helpers import LoopThread, free_port
 from xvla.agents.client import ClientConfig, PolicyClient, ServiceUnavailable
 from xvla.agents.control_loop import ControlLoop, LoopConfig, default_header
@@ -75,6 +77,7 @@ def service(r1pro_bundle):
         log.close()
 
 
+@REALTIME
 def test_ten_seconds_at_30hz_with_zero_skipped_ticks(service):
     target, desc = service
     executed = []

@@ -9,6 +9,8 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.conftest import REALTIME
+
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.bundle import BundleError
@@ -25,6 +27,7 @@ async def _describe(port):
         return await pb_grpc.PolicyServiceStub(ch).Describe(pb.DescribeRequest(), timeout=10)
 
 
+@REALTIME
 async def test_300_observations_at_30hz_one_action_each_in_order_no_starvation(tiny_bundle):
     async with serve_in_background(tiny_bundle) as (server, port):
         desc = await _describe(port)
