@@ -28,17 +28,16 @@ from dataclasses import dataclass
 import numpy as np
 
 from xvla.agents.client import PolicyClient, RobotStream
-from xvla.agents.layout import safe_action
+from xvla.core.embodiments import safe_action
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.robot import Robot, RobotObservation
 from xvla.agents.scheduling import raise_current_thread
 from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
-from xvla.agents.tensors import from_tensor
+from xvla.core.tensors import tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 
 log = logging.getLogger(__name__)
-
-R1PRO_DOMAIN_ID = 19
 
 
 @dataclass
@@ -166,7 +165,7 @@ class ControlLoop:
         chunk = None
         if reply.HasField("chunk") and reply.chunk.shape:
             try:
-                chunk = from_tensor(reply.chunk, "reply.chunk")
+                chunk = tensor_to_numpy(reply.chunk, "reply.chunk")
                 if chunk.ndim != 2:
                     chunk = None
             except ValueError:
@@ -253,7 +252,7 @@ class ControlLoop:
 
     def _valid_action(self, reply: pb.ActionReply) -> np.ndarray | None:
         try:
-            a = from_tensor(reply.action, "reply.action").astype(np.float32).reshape(-1)
+            a = tensor_to_numpy(reply.action, "reply.action").astype(np.float32).reshape(-1)
         except ValueError:
             a = None
         if a is None or self._dim_error or a.shape[0] != self.robot.layout.dim or not np.all(np.isfinite(a)):

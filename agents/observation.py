@@ -15,7 +15,7 @@ import numpy as np
 
 from xvla.agents.imaging import as_rgb8, check_image, resize_rgb, scale_intrinsics
 from xvla.agents.robot import RobotObservation
-from xvla.agents.tensors import to_tensor
+from xvla.core.tensors import numpy_to_tensor
 from xvla.proto import policy_pb2 as pb
 
 
@@ -45,7 +45,7 @@ class ObservationEncoder:
         t0 = time.perf_counter()
         state = np.asarray(obs.state, dtype=np.float32).reshape(-1)
         msg = pb.Observation(frame_index=int(frame_index), timestamp=float(obs.timestamp))
-        to_tensor(state, msg.proprio)
+        numpy_to_tensor(state, msg.proprio)
         if obs.instruction:
             msg.instruction = obs.instruction
         raw = state.nbytes
@@ -64,7 +64,7 @@ class ObservationEncoder:
             want_pose = self.send_poses if self.send_poses is not None else bool(spec is not None and spec.needs_pose)
             pose = obs.poses.get(name)
             if want_pose and pose is not None:
-                to_tensor(np.asarray(pose.extrinsics, dtype=np.float32).reshape(4, 4), cf.extrinsics)
+                numpy_to_tensor(np.asarray(pose.extrinsics, dtype=np.float32).reshape(4, 4), cf.extrinsics)
                 k = scale_intrinsics(pose.intrinsics, src.shape[:2], img.shape[:2])
-                to_tensor(k, cf.intrinsics)
+                numpy_to_tensor(k, cf.intrinsics)
         return EncodedFrame(msg, raw, msg.ByteSize(), time.perf_counter() - t0)

@@ -11,7 +11,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
-from xvla.agents.layout import ActionLayout
+from xvla.core.embodiments import ActionLayout
 
 
 @dataclass

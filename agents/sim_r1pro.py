@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from xvla.agents.layout import R1PRO, ActionLayout
+from xvla.core.embodiments import ActionLayout
+from xvla.core.embodiments.r1pro import R1PRO
 from xvla.agents.robot import CameraPose, RobotObservation
 
 # Intrinsics of the BEHAVIOR-1K R1Pro cameras at their native sizes (fx = fy, centred).

@@ -30,7 +30,7 @@ def load_manifest(bundle: Path) -> dict[str, Any]:
 
 def proprio_dim(manifest: Mapping[str, Any]) -> int:
     """The proprio the robot sends: the action dim (the service also takes raw 256-d R1Pro proprio)."""
-    return int(manifest["action_space"]["dim"])
+    return int(manifest["policy"]["action_space"]["dim"])
 
 
 def _stamp(preset: str, seed: int, max_batch: int, precision: str, trt: bool) -> dict[str, Any]:
@@ -71,7 +71,7 @@ def ensure_bench_bundle(preset: str, artifacts: Path, max_batch: int = 8, seed: 
 def export(preset: str, out: Path, seed: int, max_batch: int, precision: str = "fp32", trt: bool = False) -> Path:
     """Seeded preset model -> bundle through the project's exporter (parity gate on, tiny stand-in tokenizer)."""
     from xvla.benchmarks.presets import build_model
-    from xvla.export.bundle_writer import LoadedModel, export_bundle
+    from xvla.export.policies.xvla.bundle_writer import LoadedModel, export_bundle
 
     model = build_model(preset, seed=seed)
     loaded = LoadedModel(model, preset, {"kind": "preset", "preset": preset, "seed": int(seed), "by": "xvla-bench"})

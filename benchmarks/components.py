@@ -114,7 +114,7 @@ class TorchRunner(Runner):
         import torch
 
         from xvla.benchmarks.presets import build_model
-        from xvla.export.graphs import ActionGraph, GeometryGraph, VLMGraph, model_has_geometry, model_has_prompts
+        from xvla.export.policies.xvla.graphs import ActionGraph, GeometryGraph, VLMGraph, model_has_geometry, model_has_prompts
 
         if device == "cuda" and not torch.cuda.is_available():
             raise Skip("torch: CUDA is not available to this torch build")
@@ -293,12 +293,12 @@ class OrtRunner(Runner):
     def _get_policy(self):
         if self._policy is None:
             from xvla.runtime.bundle import Bundle
-            from xvla.runtime.policy import Policy
+            from xvla.runtime.policies.xvla.runtime import XVLAPolicy
 
             bundle = Bundle.load(self.bundle_dir, verify_hashes=False)
             engines = {g: _SessionEngine(s, g, self.provider, self.precision, bundle.max_batch)
                        for g, s in self.sessions.items()}
-            self._policy = Policy(bundle, engines, seed=0)
+            self._policy = XVLAPolicy(bundle, engines, seed=0)
         return self._policy
 
     def close(self) -> None:
@@ -336,10 +336,10 @@ class TensorRTRunner(Runner):
 
     def prepare(self, stage: str, batch: int) -> Callable[[], object]:
         if stage == "chunk":
-            from xvla.runtime.policy import Policy
+            from xvla.runtime.policies.xvla.runtime import XVLAPolicy
 
             if self._policy is None:
-                self._policy = Policy(self.bundle, self.engines, seed=0)
+                self._policy = XVLAPolicy(self.bundle, self.engines, seed=0)
             policy, f, steps = self._policy, chunk_feeds(self.manifest, batch), self.steps
             return lambda: policy.generate_actions(f["input_ids"], f["image_input"], f["image_mask"], f["domain_id"],
                                                    f["proprio"], steps=steps, noise=f["noise"],

@@ -39,7 +39,7 @@ def to_pb_observation(obs: BenchObservation, frame: int):
     import time
 
     from xvla.proto import policy_pb2 as pb
-    from xvla.runtime.wire import encode_image_raw, numpy_to_tensor
+    from xvla.core.tensors import encode_image_raw, numpy_to_tensor
 
     o = pb.Observation(frame_index=frame, timestamp=time.monotonic())
     for c in CAMERAS:
@@ -71,7 +71,7 @@ def run_infer(target: str, pool: list[BenchObservation], n: int, warmup: int = 2
 
 def run_stream(target: str, pool: list[BenchObservation], n: int, rate_hz: float = 30.0) -> dict[str, Any]:
     from xvla.proto import policy_pb2 as pb
-    from xvla.runtime.stream_client import run_stream as stream
+    from xvla.benchmarks.stream_client import run_stream as stream
 
     prebuilt = [to_pb_observation(o, 0) for o in pool]  # time the service, not numpy
 

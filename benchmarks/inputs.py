@@ -8,7 +8,7 @@ import numpy as np
 
 
 def _int_high(manifest: Mapping[str, Any], name: str) -> int:
-    cfg = manifest.get("model_config", {})
+    cfg = manifest["policy"].get("model_config", {})
     text = cfg.get("florence_config", {}).get("text_config", {})
     return {
         "input_ids": int(text.get("vocab_size", 2)),
@@ -51,14 +51,14 @@ def chunk_feeds(manifest: Mapping[str, Any], batch: int, seed: int = 0) -> dict[
     vlm = graph_feeds(manifest, "vlm", batch, seed)
     act = graph_feeds(manifest, "action", batch, seed)
     feeds = {"input_ids": vlm["input_ids"], "image_input": vlm["image_input"], "image_mask": vlm["image_mask"],
-             "domain_id": act["domain_id"], "proprio": act["proprio"][:, : int(manifest["action_space"]["dim"])]}
+             "domain_id": act["domain_id"], "proprio": act["proprio"][:, : int(manifest["policy"]["action_space"]["dim"])]}
     for k in ("task_id", "skill_id"):
         if k in act:
             feeds[k] = act[k]
     if "geometry" in manifest["graphs"]:
         geo = graph_feeds(manifest, "geometry", batch, seed)
         feeds["extrinsics"], feeds["intrinsics"] = geo["extrinsics"], geo["intrinsics"]
-    horizon = int(manifest["action_space"]["num_actions"])
-    dm = int(manifest["action_space"]["model_dim"])
+    horizon = int(manifest["policy"]["action_space"]["num_actions"])
+    dm = int(manifest["policy"]["action_space"]["model_dim"])
     feeds["noise"] = np.random.default_rng(seed + 1).standard_normal((batch, horizon, dm), dtype=np.float32)
     return feeds

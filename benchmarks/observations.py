@@ -6,9 +6,10 @@ from dataclasses import dataclass
 
 import numpy as np
 
-CAMERAS = ("head", "left_wrist", "right_wrist")
+from xvla.core.embodiments.r1pro import R1PRO_CAMERAS as CAMERAS
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
+
 NATIVE_SIZES = {"head": (720, 720), "left_wrist": (480, 480), "right_wrist": (480, 480)}  # BEHAVIOR-1K R1Pro
-R1PRO_DOMAIN_ID = 19
 INSTRUCTION = "turn on the radio"
 
 

@@ -27,8 +27,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any, Callable, Optional
 
-from xvla.export.model import XVLAConfig
-from xvla.export.model.config import BartEncoderConfig, DaViTConfig, FlorenceConfig, r1pro_variant
+from xvla.export.policies.xvla.model import XVLAConfig
+from xvla.export.policies.xvla.model.config import BartEncoderConfig, DaViTConfig, FlorenceConfig, r1pro_variant
 
 
 def _xvla_small() -> XVLAConfig:
@@ -85,7 +85,7 @@ ModelBuilder = Callable[[XVLAConfig], Any]
 
 
 def _model_builder() -> ModelBuilder:
-    from xvla.export.model import XVLA
+    from xvla.export.policies.xvla.model import XVLA
 
     return XVLA
 

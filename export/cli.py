@@ -21,7 +21,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _preset_names() -> list[str]:
-    from .model import XVLAConfig
+    from xvla.export.policies.xvla.model import XVLAConfig
 
     return XVLAConfig.preset_names()
 
@@ -91,7 +91,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
         print("xvla-export: error: give exactly one of CHECKPOINT_DIR or --preset NAME", file=sys.stderr)
         return EXIT_USAGE
     if args.trt:
-        from .tensorrt_build import TensorRTUnavailable, require_tensorrt
+        from xvla.export.tensorrt_build import TensorRTUnavailable, require_tensorrt
 
         try:
             require_tensorrt()
@@ -99,10 +99,10 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"xvla-export: {exc}", file=sys.stderr)
             return EXIT_USAGE
 
-    from .bundle_writer import BundleExportError, export_bundle, load_model, preset_model
-    from .parity import ParityError
-    from .progress import Reporter, RichReporter
-    from .tensorrt_build import TensorRTUnavailable
+    from xvla.export.policies.xvla.bundle_writer import BundleExportError, export_bundle, load_model, preset_model
+    from xvla.export.policies.xvla.parity import ParityError
+    from xvla.export.progress import Reporter, RichReporter
+    from xvla.export.tensorrt_build import TensorRTUnavailable
 
     reporter = Reporter() if args.quiet else RichReporter()
     cameras = [c.strip() for c in args.camera_names.split(",")] if args.camera_names else None

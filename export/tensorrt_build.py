@@ -24,8 +24,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any, Mapping, Optional
 
 if TYPE_CHECKING:
-    from .bundle_writer import ExportOptions
-    from .progress import Reporter
+    from xvla.export.policies.xvla.bundle_writer import ExportOptions
+    from xvla.export.progress import Reporter
 
 INSTALL_HINT = ("TensorRT is not installed: pip install tensorrt-cu12 cuda-python (CUDA 12; tensorrt-cu13 "
                 "for CUDA 13) on a machine with an NVIDIA GPU, then re-run with --trt")
@@ -58,22 +58,14 @@ def trt_major(trt: Any) -> int:
 
 
 def gpu_properties() -> dict[str, str]:
-    """GPU name and compute capability of device 0, the way the runtime reads them."""
-    from xvla.runtime.engines.tensorrt_engine import import_tensorrt, local_gpu_name
+    """GPU name and compute capability of device 0, as the runtime compares them when it loads the plans."""
+    from xvla.export.tensorrt_runner import gpu_properties as probe
 
-    name = local_gpu_name()
-    if name is None:
-        raise TensorRTUnavailable("no usable NVIDIA GPU (or cuda-python missing): TensorRT engines are built on "
-                                  "the GPU model that will run them; " + INSTALL_HINT)
-    cc = ""
-    try:
-        _, cudart = import_tensorrt()
-        err, props = cudart.cudaGetDeviceProperties(0)
-        if int(err) == 0:
-            cc = f"{props.major}.{props.minor}"
-    except Exception:  # noqa: BLE001 - the capability is informative only
-        pass
-    return {"gpu": name, "compute_capability": cc}
+    props = probe()
+    if props is None:
+        raise TensorRTUnavailable("no usable NVIDIA GPU: TensorRT engines are built on the GPU model that will "
+                                  "run them; " + INSTALL_HINT)
+    return props
 
 
 # ------------------------------------------------------------------------------------ low precision ONNX
@@ -342,23 +334,6 @@ def build_engine(onnx_path: Path, inputs: list, plan_path: Path, *, precision: s
     return BuildResult(plan_path.name, time.perf_counter() - t0, plan_path.stat().st_size, pinned)
 
 
-class TrtRunner:
-    """The parity gate's view of a bundle's engines (the runtime's own TensorRT engine class)."""
-
-    def __init__(self, bundle: Path, engines: Mapping[str, str], max_batch: int, precision: str) -> None:
-        from xvla.runtime.engines.tensorrt_engine import TensorRTEngine
-
-        self.engines = {g: TensorRTEngine(Path(bundle) / f, g, max_batch=max_batch, precision=precision)
-                        for g, f in engines.items()}
-
-    def __call__(self, name: str, feeds: Mapping[str, Any]) -> dict:
-        return self.engines[name].run(dict(feeds))
-
-    def close(self) -> None:
-        for e in self.engines.values():
-            e.close()
-
-
 def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportOptions", reporter: "Reporter", *,
                          reference: Optional[Mapping[str, Any]], inputs: Optional[Mapping[str, Any]],
                          action_space: Mapping[str, Any]) -> dict[str, Any]:
@@ -367,7 +342,8 @@ def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportO
     ``reference``/``inputs`` are the PyTorch chunk and its inputs from the ONNX gate (None with
     ``--no-parity``: the engines are then not checked either, and the section says so).
     """
-    from .parity import ParityError, check_parity, engine_chunk
+    from xvla.export.policies.xvla.parity import ParityError, check_parity, engine_chunk
+    from xvla.export.tensorrt_runner import TrtRunner
 
     trt = require_tensorrt()
     gpu = gpu_properties()
@@ -391,8 +367,7 @@ def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportO
     else:
         precision = "trt-fp32" if opts.precision == "fp32" else opts.precision
         with reporter.step("parity: TensorRT chunk") as rec:
-            runner = TrtRunner(bundle, {n: e["file"] for n, e in section["engines"].items()}, opts.max_batch,
-                               opts.precision)
+            runner = TrtRunner(trt, bundle, {n: e["file"] for n, e in section["engines"].items()})
             try:
                 got = engine_chunk(runner, graphs, inputs, opts.steps, action_space)
             finally:

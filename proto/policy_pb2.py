@@ -24,23 +24,25 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xvla/proto/policy.proto\x12\x0exvla.policy.v1\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.xvla.policy.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"e\n\x05Image\x12/\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1d.xvla.policy.v1.ImageEncoding\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x99\x01\n\x0b\x43\x61meraFrame\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.xvla.policy.v1.Image\x12*\n\nextrinsics\x18\x03 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12*\n\nintrinsics\x18\x04 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\"\xb6\x02\n\x11\x45xecutionSettings\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x1d.xvla.policy.v1.ExecutionMode\x12\x12\n\nensemble_k\x18\x02 \x01(\x01\x12\x18\n\x10replan_threshold\x18\x03 \x01(\r\x12\x17\n\x0f\x65xecute_horizon\x18\x04 \x01(\r\x12\x17\n\x0f\x64\x65noising_steps\x18\x05 \x01(\r\x12:\n\x0fon_skill_change\x18\x06 \x01(\x0e\x32!.xvla.policy.v1.SkillChangePolicy\x12$\n\x1c\x64isable_latency_compensation\x18\x07 \x01(\x08\x12\x18\n\x10newest_wins_dims\x18\x08 \x03(\r\x12\x18\n\x10rtc_delay_frames\x18\t \x01(\r\"\xee\x01\n\rSessionHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\x05\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\x16\n\tdomain_id\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x06 \x01(\x01\x12\x34\n\texecution\x18\x07 \x01(\x0b\x32!.xvla.policy.v1.ExecutionSettings\x12\r\n\x05skill\x18\x08 \x01(\t\x12\r\n\x05route\x18\t \x01(\tB\x0c\n\n_domain_id\"\xa1\x01\n\x0bObservation\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12,\n\x07\x63\x61meras\x18\x03 \x03(\x0b\x32\x1b.xvla.policy.v1.CameraFrame\x12\'\n\x07proprio\x18\x04 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12\x13\n\x0binstruction\x18\x05 \x01(\t\"{\n\rStreamRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.xvla.policy.v1.SessionHeaderH\x00\x12\x32\n\x0bobservation\x18\x02 \x01(\x0b\x32\x1b.xvla.policy.v1.ObservationH\x00\x42\x05\n\x03msg\"\xae\x01\n\x0cStageTimings\x12\x15\n\rpreprocess_ms\x18\x01 \x01(\x01\x12\x0e\n\x06vlm_ms\x18\x02 \x01(\x01\x12\x13\n\x0bgeometry_ms\x18\x03 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x04 \x01(\x01\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x15\n\rqueue_wait_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\x12\x12\n\nbatch_size\x18\x08 \x01(\r\"\xea\x02\n\x0b\x41\x63tionReply\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12,\n\x06source\x18\x03 \x01(\x0e\x32\x1c.xvla.policy.v1.ActionSource\x12\r\n\x05skill\x18\x04 \x01(\t\x12\x10\n\x08skill_id\x18\x05 \x01(\x05\x12\x10\n\x08progress\x18\x06 \x01(\x02\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x08 \x01(\x04\x12-\n\x07timings\x18\t \x01(\x0b\x32\x1c.xvla.policy.v1.StageTimings\x12\r\n\x05route\x18\n \x01(\t\x12%\n\x05\x63hunk\x18\x0b \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12\x15\n\rstarved_ticks\x18\x0c \x01(\x04\x12\x1a\n\x12planned_from_frame\x18\r \x01(\x04\"W\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x06policy\x18\x02 \x01(\x0b\x32 .xvla.policy.v1.DescribeResponse\"{\n\x0eStreamResponse\x12\x33\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1f.xvla.policy.v1.SessionAcceptedH\x00\x12-\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x1b.xvla.policy.v1.ActionReplyH\x00\x42\x05\n\x03msg\"\x97\x01\n\x0cInferRequest\x12.\n\x07session\x18\x01 \x01(\x0b\x32\x1d.xvla.policy.v1.SessionHeader\x12\x30\n\x0bobservation\x18\x02 \x01(\x0b\x32\x1b.xvla.policy.v1.Observation\x12%\n\x05noise\x18\x03 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\"\xa9\x01\n\rInferResponse\x12\'\n\x07\x61\x63tions\x18\x01 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x10\n\x08skill_id\x18\x03 \x01(\x05\x12\x10\n\x08progress\x18\x04 \x01(\x02\x12-\n\x07timings\x18\x05 \x01(\x0b\x32\x1c.xvla.policy.v1.StageTimings\x12\r\n\x05route\x18\x06 \x01(\t\"\x11\n\x0f\x44\x65scribeRequest\"M\n\nCameraSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x12\n\nneeds_pose\x18\x04 \x01(\x08\"\x87\x01\n\x0f\x41\x63tionSpaceSpec\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x15\n\ridx_for_delta\x18\x03 \x03(\r\x12\x14\n\x0cgripper_dims\x18\x04 \x03(\r\x12\r\n\x05names\x18\x05 \x03(\t\x12\x1d\n\x15\x61\x63\x63\x65pted_proprio_dims\x18\x06 \x03(\r\"!\n\x05Skill\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\" \n\x04Task\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\"s\n\nEngineInfo\x12\r\n\x05graph\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\r\x12\r\n\x05route\x18\x06 \x01(\t\"\xdd\x02\n\x10\x44\x65scribeResponse\x12\x13\n\x0bpolicy_kind\x18\x01 \x01(\t\x12\x35\n\x0c\x61\x63tion_space\x18\x02 \x01(\x0b\x32\x1f.xvla.policy.v1.ActionSpaceSpec\x12\x0f\n\x07horizon\x18\x03 \x01(\r\x12+\n\x07\x63\x61meras\x18\x04 \x03(\x0b\x32\x1a.xvla.policy.v1.CameraSpec\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x05 \x01(\x01\x12%\n\x06skills\x18\x06 \x03(\x0b\x32\x15.xvla.policy.v1.Skill\x12#\n\x05tasks\x18\x07 \x03(\x0b\x32\x14.xvla.policy.v1.Task\x12+\n\x07\x65ngines\x18\x08 \x03(\x0b\x32\x1a.xvla.policy.v1.EngineInfo\x12\x12\n\nmodel_name\x18\t \x01(\t\x12\x19\n\x11max_message_bytes\x18\n \x01(\r*p\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\t\n\x05INT32\x10\x04\x12\t\n\x05INT64\x10\x05\x12\t\n\x05UINT8\x10\x06\x12\x08\n\x04\x42OOL\x10\x07*P\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08RAW_RGB8\x10\x01\x12\x08\n\x04JPEG\x10\x02\x12\x07\n\x03PNG\x10\x03*e\n\rExecutionMode\x12\x1e\n\x1a\x45XECUTION_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11TEMPORAL_ENSEMBLE\x10\x01\x12\x14\n\x10RECEDING_HORIZON\x10\x02\x12\x07\n\x03RTC\x10\x03*G\n\x11SkillChangePolicy\x12\x1c\n\x18SKILL_CHANGE_UNSPECIFIED\x10\x00\x12\t\n\x05\x46LUSH\x10\x01\x12\t\n\x05\x42LEND\x10\x02*`\n\x0c\x41\x63tionSource\x12\x1d\n\x19\x41\x43TION_SOURCE_UNSPECIFIED\x10\x00\x12\t\n\x05QUEUE\x10\x01\x12\x0b\n\x07STARVED\x10\x02\x12\x08\n\x04HOLD\x10\x03\x12\x0f\n\x0b\x46IRST_CHUNK\x10\x04\x32\xf1\x01\n\rPolicyService\x12K\n\x06Stream\x12\x1d.xvla.policy.v1.StreamRequest\x1a\x1e.xvla.policy.v1.StreamResponse(\x01\x30\x01\x12\x44\n\x05Infer\x12\x1c.xvla.policy.v1.InferRequest\x1a\x1d.xvla.policy.v1.InferResponse\x12M\n\x08\x44\x65scribe\x12\x1f.xvla.policy.v1.DescribeRequest\x1a .xvla.policy.v1.DescribeResponseb\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x17xvla/proto/policy.proto\x12\x0exvla.policy.v1\"K\n\x06Tensor\x12$\n\x05\x64type\x18\x01 \x01(\x0e\x32\x15.xvla.policy.v1.DType\x12\r\n\x05shape\x18\x02 \x03(\x03\x12\x0c\n\x04\x64\x61ta\x18\x03 \x01(\x0c\"e\n\x05Image\x12/\n\x08\x65ncoding\x18\x01 \x01(\x0e\x32\x1d.xvla.policy.v1.ImageEncoding\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x0c\n\x04\x64\x61ta\x18\x04 \x01(\x0c\"\x99\x01\n\x0b\x43\x61meraFrame\x12\x0c\n\x04name\x18\x01 \x01(\t\x12$\n\x05image\x18\x02 \x01(\x0b\x32\x15.xvla.policy.v1.Image\x12*\n\nextrinsics\x18\x03 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12*\n\nintrinsics\x18\x04 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\"\xb6\x02\n\x11\x45xecutionSettings\x12+\n\x04mode\x18\x01 \x01(\x0e\x32\x1d.xvla.policy.v1.ExecutionMode\x12\x12\n\nensemble_k\x18\x02 \x01(\x01\x12\x18\n\x10replan_threshold\x18\x03 \x01(\r\x12\x17\n\x0f\x65xecute_horizon\x18\x04 \x01(\r\x12\x17\n\x0f\x64\x65noising_steps\x18\x05 \x01(\r\x12:\n\x0fon_skill_change\x18\x06 \x01(\x0e\x32!.xvla.policy.v1.SkillChangePolicy\x12$\n\x1c\x64isable_latency_compensation\x18\x07 \x01(\x08\x12\x18\n\x10newest_wins_dims\x18\x08 \x03(\r\x12\x18\n\x10rtc_delay_frames\x18\t \x01(\r\"\xee\x01\n\rSessionHeader\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x10\n\x08robot_id\x18\x02 \x01(\t\x12\x0f\n\x07task_id\x18\x03 \x01(\x05\x12\x13\n\x0binstruction\x18\x04 \x01(\t\x12\x16\n\tdomain_id\x18\x05 \x01(\x05H\x00\x88\x01\x01\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x06 \x01(\x01\x12\x34\n\texecution\x18\x07 \x01(\x0b\x32!.xvla.policy.v1.ExecutionSettings\x12\r\n\x05skill\x18\x08 \x01(\t\x12\r\n\x05route\x18\t \x01(\tB\x0c\n\n_domain_id\"\xa1\x01\n\x0bObservation\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12\x11\n\ttimestamp\x18\x02 \x01(\x01\x12,\n\x07\x63\x61meras\x18\x03 \x03(\x0b\x32\x1b.xvla.policy.v1.CameraFrame\x12\'\n\x07proprio\x18\x04 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12\x13\n\x0binstruction\x18\x05 \x01(\t\"{\n\rStreamRequest\x12/\n\x06header\x18\x01 \x01(\x0b\x32\x1d.xvla.policy.v1.SessionHeaderH\x00\x12\x32\n\x0bobservation\x18\x02 \x01(\x0b\x32\x1b.xvla.policy.v1.ObservationH\x00\x42\x05\n\x03msg\"\x9b\x02\n\x0cStageTimings\x12\x15\n\rpreprocess_ms\x18\x01 \x01(\x01\x12\x0e\n\x06vlm_ms\x18\x02 \x01(\x01\x12\x13\n\x0bgeometry_ms\x18\x03 \x01(\x01\x12\x12\n\ndenoise_ms\x18\x04 \x01(\x01\x12\x11\n\tdecode_ms\x18\x05 \x01(\x01\x12\x15\n\rqueue_wait_ms\x18\x06 \x01(\x01\x12\x10\n\x08total_ms\x18\x07 \x01(\x01\x12\x12\n\nbatch_size\x18\x08 \x01(\r\x12;\n\x08stage_ms\x18\t \x03(\x0b\x32).xvla.policy.v1.StageTimings.StageMsEntry\x1a.\n\x0cStageMsEntry\x12\x0b\n\x03key\x18\x01 \x01(\t\x12\r\n\x05value\x18\x02 \x01(\x01:\x02\x38\x01\"\xf8\x02\n\x0b\x41\x63tionReply\x12\x13\n\x0b\x66rame_index\x18\x01 \x01(\x04\x12&\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12,\n\x06source\x18\x03 \x01(\x0e\x32\x1c.xvla.policy.v1.ActionSource\x12\r\n\x05skill\x18\x04 \x01(\t\x12\x10\n\x08skill_id\x18\x05 \x01(\x05\x12\x10\n\x08progress\x18\x06 \x01(\x02\x12\x13\n\x0bqueue_depth\x18\x07 \x01(\r\x12\x10\n\x08\x63hunk_id\x18\x08 \x01(\x04\x12-\n\x07timings\x18\t \x01(\x0b\x32\x1c.xvla.policy.v1.StageTimings\x12\r\n\x05route\x18\n \x01(\t\x12%\n\x05\x63hunk\x18\x0b \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12\x15\n\rstarved_ticks\x18\x0c \x01(\x04\x12\x1a\n\x12planned_from_frame\x18\r \x01(\x04\x12\x0c\n\x04text\x18\x0e \x01(\t\"W\n\x0fSessionAccepted\x12\x12\n\nsession_id\x18\x01 \x01(\t\x12\x30\n\x06policy\x18\x02 \x01(\x0b\x32 .xvla.policy.v1.DescribeResponse\"{\n\x0eStreamResponse\x12\x33\n\x08\x61\x63\x63\x65pted\x18\x01 \x01(\x0b\x32\x1f.xvla.policy.v1.SessionAcceptedH\x00\x12-\n\x06\x61\x63tion\x18\x02 \x01(\x0b\x32\x1b.xvla.policy.v1.ActionReplyH\x00\x42\x05\n\x03msg\"\x97\x01\n\x0cInferRequest\x12.\n\x07session\x18\x01 \x01(\x0b\x32\x1d.xvla.policy.v1.SessionHeader\x12\x30\n\x0bobservation\x18\x02 \x01(\x0b\x32\x1b.xvla.policy.v1.Observation\x12%\n\x05noise\x18\x03 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\"\xb7\x01\n\rInferResponse\x12\'\n\x07\x61\x63tions\x18\x01 \x01(\x0b\x32\x16.xvla.policy.v1.Tensor\x12\r\n\x05skill\x18\x02 \x01(\t\x12\x10\n\x08skill_id\x18\x03 \x01(\x05\x12\x10\n\x08progress\x18\x04 \x01(\x02\x12-\n\x07timings\x18\x05 \x01(\x0b\x32\x1c.xvla.policy.v1.StageTimings\x12\r\n\x05route\x18\x06 \x01(\t\x12\x0c\n\x04text\x18\x07 \x01(\t\"\x11\n\x0f\x44\x65scribeRequest\"M\n\nCameraSpec\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06height\x18\x02 \x01(\r\x12\r\n\x05width\x18\x03 \x01(\r\x12\x12\n\nneeds_pose\x18\x04 \x01(\x08\"\x87\x01\n\x0f\x41\x63tionSpaceSpec\x12\x0c\n\x04mode\x18\x01 \x01(\t\x12\x0b\n\x03\x64im\x18\x02 \x01(\r\x12\x15\n\ridx_for_delta\x18\x03 \x03(\r\x12\x14\n\x0cgripper_dims\x18\x04 \x03(\r\x12\r\n\x05names\x18\x05 \x03(\t\x12\x1d\n\x15\x61\x63\x63\x65pted_proprio_dims\x18\x06 \x03(\r\"!\n\x05Skill\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\" \n\x04Task\x12\n\n\x02id\x18\x01 \x01(\x05\x12\x0c\n\x04name\x18\x02 \x01(\t\"s\n\nEngineInfo\x12\r\n\x05graph\x18\x01 \x01(\t\x12\x0f\n\x07\x62\x61\x63kend\x18\x02 \x01(\t\x12\x10\n\x08provider\x18\x03 \x01(\t\x12\x11\n\tprecision\x18\x04 \x01(\t\x12\x11\n\tmax_batch\x18\x05 \x01(\r\x12\r\n\x05route\x18\x06 \x01(\t\"\xdd\x02\n\x10\x44\x65scribeResponse\x12\x13\n\x0bpolicy_kind\x18\x01 \x01(\t\x12\x35\n\x0c\x61\x63tion_space\x18\x02 \x01(\x0b\x32\x1f.xvla.policy.v1.ActionSpaceSpec\x12\x0f\n\x07horizon\x18\x03 \x01(\r\x12+\n\x07\x63\x61meras\x18\x04 \x03(\x0b\x32\x1a.xvla.policy.v1.CameraSpec\x12\x17\n\x0f\x63ontrol_rate_hz\x18\x05 \x01(\x01\x12%\n\x06skills\x18\x06 \x03(\x0b\x32\x15.xvla.policy.v1.Skill\x12#\n\x05tasks\x18\x07 \x03(\x0b\x32\x14.xvla.policy.v1.Task\x12+\n\x07\x65ngines\x18\x08 \x03(\x0b\x32\x1a.xvla.policy.v1.EngineInfo\x12\x12\n\nmodel_name\x18\t \x01(\t\x12\x19\n\x11max_message_bytes\x18\n \x01(\r*p\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT64\x10\x02\x12\x0b\n\x07\x46LOAT16\x10\x03\x12\t\n\x05INT32\x10\x04\x12\t\n\x05INT64\x10\x05\x12\t\n\x05UINT8\x10\x06\x12\x08\n\x04\x42OOL\x10\x07*P\n\rImageEncoding\x12\x1e\n\x1aIMAGE_ENCODING_UNSPECIFIED\x10\x00\x12\x0c\n\x08RAW_RGB8\x10\x01\x12\x08\n\x04JPEG\x10\x02\x12\x07\n\x03PNG\x10\x03*e\n\rExecutionMode\x12\x1e\n\x1a\x45XECUTION_MODE_UNSPECIFIED\x10\x00\x12\x15\n\x11TEMPORAL_ENSEMBLE\x10\x01\x12\x14\n\x10RECEDING_HORIZON\x10\x02\x12\x07\n\x03RTC\x10\x03*G\n\x11SkillChangePolicy\x12\x1c\n\x18SKILL_CHANGE_UNSPECIFIED\x10\x00\x12\t\n\x05\x46LUSH\x10\x01\x12\t\n\x05\x42LEND\x10\x02*`\n\x0c\x41\x63tionSource\x12\x1d\n\x19\x41\x43TION_SOURCE_UNSPECIFIED\x10\x00\x12\t\n\x05QUEUE\x10\x01\x12\x0b\n\x07STARVED\x10\x02\x12\x08\n\x04HOLD\x10\x03\x12\x0f\n\x0b\x46IRST_CHUNK\x10\x04\x32\xf1\x01\n\rPolicyService\x12K\n\x06Stream\x12\x1d.xvla.policy.v1.StreamRequest\x1a\x1e.xvla.policy.v1.StreamResponse(\x01\x30\x01\x12\x44\n\x05Infer\x12\x1c.xvla.policy.v1.InferRequest\x1a\x1d.xvla.policy.v1.InferResponse\x12M\n\x08\x44\x65scribe\x12\x1f.xvla.policy.v1.DescribeRequest\x1a .xvla.policy.v1.DescribeResponseb\x06proto3')
 
 _globals = globals()
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, _globals)
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'xvla.proto.policy_pb2', _globals)
 if not _descriptor._USE_C_DESCRIPTORS:
   DESCRIPTOR._loaded_options = None
-  _globals['_DTYPE']._serialized_start=3078
-  _globals['_DTYPE']._serialized_end=3190
-  _globals['_IMAGEENCODING']._serialized_start=3192
-  _globals['_IMAGEENCODING']._serialized_end=3272
-  _globals['_EXECUTIONMODE']._serialized_start=3274
-  _globals['_EXECUTIONMODE']._serialized_end=3375
-  _globals['_SKILLCHANGEPOLICY']._serialized_start=3377
-  _globals['_SKILLCHANGEPOLICY']._serialized_end=3448
-  _globals['_ACTIONSOURCE']._serialized_start=3450
-  _globals['_ACTIONSOURCE']._serialized_end=3546
+  _globals['_STAGETIMINGS_STAGEMSENTRY']._loaded_options = None
+  _globals['_STAGETIMINGS_STAGEMSENTRY']._serialized_options = b'8\001'
+  _globals['_DTYPE']._serialized_start=3215
+  _globals['_DTYPE']._serialized_end=3327
+  _globals['_IMAGEENCODING']._serialized_start=3329
+  _globals['_IMAGEENCODING']._serialized_end=3409
+  _globals['_EXECUTIONMODE']._serialized_start=3411
+  _globals['_EXECUTIONMODE']._serialized_end=3512
+  _globals['_SKILLCHANGEPOLICY']._serialized_start=3514
+  _globals['_SKILLCHANGEPOLICY']._serialized_end=3585
+  _globals['_ACTIONSOURCE']._serialized_start=3587
+  _globals['_ACTIONSOURCE']._serialized_end=3683
   _globals['_TENSOR']._serialized_start=43
   _globals['_TENSOR']._serialized_end=118
   _globals['_IMAGE']._serialized_start=120
@@ -56,31 +58,33 @@ if not _descriptor._USE_C_DESCRIPTORS:
   _globals['_STREAMREQUEST']._serialized_start=1097
   _globals['_STREAMREQUEST']._serialized_end=1220
   _globals['_STAGETIMINGS']._serialized_start=1223
-  _globals['_STAGETIMINGS']._serialized_end=1397
-  _globals['_ACTIONREPLY']._serialized_start=1400
-  _globals['_ACTIONREPLY']._serialized_end=1762
-  _globals['_SESSIONACCEPTED']._serialized_start=1764
-  _globals['_SESSIONACCEPTED']._serialized_end=1851
-  _globals['_STREAMRESPONSE']._serialized_start=1853
-  _globals['_STREAMRESPONSE']._serialized_end=1976
-  _globals['_INFERREQUEST']._serialized_start=1979
-  _globals['_INFERREQUEST']._serialized_end=2130
-  _globals['_INFERRESPONSE']._serialized_start=2133
-  _globals['_INFERRESPONSE']._serialized_end=2302
-  _globals['_DESCRIBEREQUEST']._serialized_start=2304
-  _globals['_DESCRIBEREQUEST']._serialized_end=2321
-  _globals['_CAMERASPEC']._serialized_start=2323
-  _globals['_CAMERASPEC']._serialized_end=2400
-  _globals['_ACTIONSPACESPEC']._serialized_start=2403
-  _globals['_ACTIONSPACESPEC']._serialized_end=2538
-  _globals['_SKILL']._serialized_start=2540
-  _globals['_SKILL']._serialized_end=2573
-  _globals['_TASK']._serialized_start=2575
-  _globals['_TASK']._serialized_end=2607
-  _globals['_ENGINEINFO']._serialized_start=2609
-  _globals['_ENGINEINFO']._serialized_end=2724
-  _globals['_DESCRIBERESPONSE']._serialized_start=2727
-  _globals['_DESCRIBERESPONSE']._serialized_end=3076
-  _globals['_POLICYSERVICE']._serialized_start=3549
-  _globals['_POLICYSERVICE']._serialized_end=3790
+  _globals['_STAGETIMINGS']._serialized_end=1506
+  _globals['_STAGETIMINGS_STAGEMSENTRY']._serialized_start=1460
+  _globals['_STAGETIMINGS_STAGEMSENTRY']._serialized_end=1506
+  _globals['_ACTIONREPLY']._serialized_start=1509
+  _globals['_ACTIONREPLY']._serialized_end=1885
+  _globals['_SESSIONACCEPTED']._serialized_start=1887
+  _globals['_SESSIONACCEPTED']._serialized_end=1974
+  _globals['_STREAMRESPONSE']._serialized_start=1976
+  _globals['_STREAMRESPONSE']._serialized_end=2099
+  _globals['_INFERREQUEST']._serialized_start=2102
+  _globals['_INFERREQUEST']._serialized_end=2253
+  _globals['_INFERRESPONSE']._serialized_start=2256
+  _globals['_INFERRESPONSE']._serialized_end=2439
+  _globals['_DESCRIBEREQUEST']._serialized_start=2441
+  _globals['_DESCRIBEREQUEST']._serialized_end=2458
+  _globals['_CAMERASPEC']._serialized_start=2460
+  _globals['_CAMERASPEC']._serialized_end=2537
+  _globals['_ACTIONSPACESPEC']._serialized_start=2540
+  _globals['_ACTIONSPACESPEC']._serialized_end=2675
+  _globals['_SKILL']._serialized_start=2677
+  _globals['_SKILL']._serialized_end=2710
+  _globals['_TASK']._serialized_start=2712
+  _globals['_TASK']._serialized_end=2744
+  _globals['_ENGINEINFO']._serialized_start=2746
+  _globals['_ENGINEINFO']._serialized_end=2861
+  _globals['_DESCRIBERESPONSE']._serialized_start=2864
+  _globals['_DESCRIBERESPONSE']._serialized_end=3213
+  _globals['_POLICYSERVICE']._serialized_start=3686
+  _globals['_POLICYSERVICE']._serialized_end=3927
 # @@protoc_insertion_point(module_scope)

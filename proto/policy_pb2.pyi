@@ -427,9 +427,33 @@ Global___StreamRequest: _TypeAlias = StreamRequest  # noqa: Y015
 
 @_typing.final
 class StageTimings(_message.Message):
-    """Where the time of the chunk behind an action went, in milliseconds."""
+    """Where the time of the chunk behind an action went, in milliseconds.
+    Per-stage milliseconds of one chunk. ``stage_ms`` is the generic form every policy kind fills
+    (e.g. X-VLA: preprocess, vlm, geometry, denoise, decode; DexVLA: preprocess, vision, prefill,
+    decode_tokens, diffusion); the named fields below are kept filled for X-VLA clients written before it.
+    """
 
     DESCRIPTOR: _descriptor.Descriptor
+
+    @_typing.final
+    class StageMsEntry(_message.Message):
+        DESCRIPTOR: _descriptor.Descriptor
+
+        KEY_FIELD_NUMBER: _builtins.int
+        VALUE_FIELD_NUMBER: _builtins.int
+        key: _builtins.str
+        value: _builtins.float
+        def __init__(
+            self,
+            *,
+            key: _builtins.str = ...,
+            value: _builtins.float = ...,
+        ) -> None: ...
+        _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
+        def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
+        _ClearFieldArgType: _TypeAlias = _typing.Literal["key", b"key", "value", b"value"]  # noqa: Y015
+        def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
+        def WhichOneof(self, oneof_group: _Never) -> None: ...
 
     PREPROCESS_MS_FIELD_NUMBER: _builtins.int
     VLM_MS_FIELD_NUMBER: _builtins.int
@@ -439,6 +463,7 @@ class StageTimings(_message.Message):
     QUEUE_WAIT_MS_FIELD_NUMBER: _builtins.int
     TOTAL_MS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
+    STAGE_MS_FIELD_NUMBER: _builtins.int
     preprocess_ms: _builtins.float
     vlm_ms: _builtins.float
     geometry_ms: _builtins.float
@@ -448,6 +473,8 @@ class StageTimings(_message.Message):
     """batching window + waiting for the engine"""
     total_ms: _builtins.float
     batch_size: _builtins.int
+    @_builtins.property
+    def stage_ms(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
         self,
         *,
@@ -459,10 +486,11 @@ class StageTimings(_message.Message):
         queue_wait_ms: _builtins.float = ...,
         total_ms: _builtins.float = ...,
         batch_size: _builtins.int = ...,
+        stage_ms: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "decode_ms", b"decode_ms", "denoise_ms", b"denoise_ms", "geometry_ms", b"geometry_ms", "preprocess_ms", b"preprocess_ms", "queue_wait_ms", b"queue_wait_ms", "total_ms", b"total_ms", "vlm_ms", b"vlm_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "decode_ms", b"decode_ms", "denoise_ms", b"denoise_ms", "geometry_ms", b"geometry_ms", "preprocess_ms", b"preprocess_ms", "queue_wait_ms", b"queue_wait_ms", "stage_ms", b"stage_ms", "total_ms", b"total_ms", "vlm_ms", b"vlm_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -485,6 +513,7 @@ class ActionReply(_message.Message):
     CHUNK_FIELD_NUMBER: _builtins.int
     STARVED_TICKS_FIELD_NUMBER: _builtins.int
     PLANNED_FROM_FRAME_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     frame_index: _builtins.int
     """the observation this answers"""
     source: Global___ActionSource.ValueType
@@ -503,6 +532,8 @@ class ActionReply(_message.Message):
     """STARVED + HOLD replies of this session so far"""
     planned_from_frame: _builtins.int
     """frame of the observation the newest contributing chunk was planned from"""
+    text: _builtins.str
+    """text the policy generated with the newest chunk (e.g. DexVLA's reasoning); set with timings"""
     @_builtins.property
     def action(self) -> Global___Tensor:
         """[D] float32, the action to execute at frame_index"""
@@ -531,10 +562,11 @@ class ActionReply(_message.Message):
         chunk: Global___Tensor | None = ...,
         starved_ticks: _builtins.int = ...,
         planned_from_frame: _builtins.int = ...,
+        text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "chunk", b"chunk", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "chunk", b"chunk", "chunk_id", b"chunk_id", "frame_index", b"frame_index", "planned_from_frame", b"planned_from_frame", "progress", b"progress", "queue_depth", b"queue_depth", "route", b"route", "skill", b"skill", "skill_id", b"skill_id", "source", b"source", "starved_ticks", b"starved_ticks", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["action", b"action", "chunk", b"chunk", "chunk_id", b"chunk_id", "frame_index", b"frame_index", "planned_from_frame", b"planned_from_frame", "progress", b"progress", "queue_depth", b"queue_depth", "route", b"route", "skill", b"skill", "skill_id", b"skill_id", "source", b"source", "starved_ticks", b"starved_ticks", "text", b"text", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -633,10 +665,13 @@ class InferResponse(_message.Message):
     PROGRESS_FIELD_NUMBER: _builtins.int
     TIMINGS_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    TEXT_FIELD_NUMBER: _builtins.int
     skill: _builtins.str
     skill_id: _builtins.int
     progress: _builtins.float
     route: _builtins.str
+    text: _builtins.str
+    """text the policy generated with this chunk (e.g. DexVLA's reasoning); empty for X-VLA"""
     @_builtins.property
     def actions(self) -> Global___Tensor:
         """[T,D] float32"""
@@ -652,10 +687,11 @@ class InferResponse(_message.Message):
         progress: _builtins.float = ...,
         timings: Global___StageTimings | None = ...,
         route: _builtins.str = ...,
+        text: _builtins.str = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "timings", b"timings"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "progress", b"progress", "route", b"route", "skill", b"skill", "skill_id", b"skill_id", "timings", b"timings"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["actions", b"actions", "progress", b"progress", "route", b"route", "skill", b"skill", "skill_id", b"skill_id", "text", b"text", "timings", b"timings"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 
@@ -840,7 +876,7 @@ class DescribeResponse(_message.Message):
     MODEL_NAME_FIELD_NUMBER: _builtins.int
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _builtins.int
     policy_kind: _builtins.str
-    """"xvla" """
+    """the bundle's manifest.policy_kind: "xvla", "dexvla", ..."""
     horizon: _builtins.int
     """actions per chunk"""
     control_rate_hz: _builtins.float

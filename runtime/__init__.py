@@ -1,17 +1,34 @@
-"""Serving world: bundles, engines, preprocessing, policy, sessions, gRPC server. Never imports torch on the serving path.
+"""Serving world: bundles, engines, policy kinds, sessions, gRPC server. Never imports torch on the serving path.
 
-``from xvla.runtime import Policy`` is the offline API (docs/serving.md); it is resolved lazily so
-that importing a submodule (e.g. the flow-matching loop) stays cheap.
+``from xvla.runtime import Policy`` is the offline API (docs/serving.md): ``Policy.load(bundle_dir)``
+returns the bundle's policy kind (``XVLAPolicy`` for X-VLA bundles). Resolved lazily so that importing
+a submodule stays cheap.
 """
+
+from __future__ import annotations
 
 from typing import Any
 
-__all__ = ["Policy", "Observation"]
+__all__ = ["Policy", "Observation", "load_policy"]
+
+
+class Policy:
+    """``Policy.load(bundle_dir, providers=[...])``: any bundle, behind its kind's PolicyRuntime."""
+
+    @staticmethod
+    def load(*args: Any, **kwargs: Any) -> Any:
+        from xvla.runtime.policies import load_policy
+
+        return load_policy(*args, **kwargs)
 
 
 def __getattr__(name: str) -> Any:
-    if name in __all__:
-        from xvla.runtime import policy
+    if name == "Observation":
+        from xvla.runtime.policies.xvla.runtime import Observation
 
-        return getattr(policy, name)
+        return Observation
+    if name == "load_policy":
+        from xvla.runtime.policies import load_policy
+
+        return load_policy
     raise AttributeError(f"module 'xvla.runtime' has no attribute {name!r}")

@@ -1,90 +1,38 @@
-"""Loads and checks a bundle folder (docs/bundle.md): the manifest, its schema, every file's sha256.
+"""Loads and checks a bundle folder (docs/bundle.md): the manifest, its schemas, every file's sha256.
 
 A bundle is the only thing the runtime trusts about a model. Checking it up front turns
-"the robot moved strangely" into "vlm.onnx was modified after export" at startup.
+"the robot moved strangely" into "vlm.onnx was modified after export" at startup. This class
+knows only the generic top level of the manifest; a policy kind reads its own ``policy`` block.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
 import logging
 from dataclasses import dataclass
-from functools import cached_property
 from pathlib import Path
 from typing import Any
 
+from xvla.core.manifest import BundleError, read_manifest, upgrade_manifest, validate_manifest, verify_files
+
 log = logging.getLogger(__name__)
 
-SUPPORTED_FORMAT_VERSIONS = (1,)
-SCHEMA_PATH = Path(__file__).resolve().parent / "manifest_schema.json"
-
-
-class BundleError(ValueError):
-    """The bundle is missing, malformed, tampered with or incompatible with this runtime."""
-
-
-def sha256_file(path: Path, chunk: int = 1 << 20) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        while block := f.read(chunk):
-            h.update(block)
-    return h.hexdigest()
-
-
-def validate_manifest(manifest: dict[str, Any], schema_path: Path = SCHEMA_PATH) -> None:
-    """Validates against runtime/manifest_schema.json; the error names the offending field path."""
-    fmt = manifest.get("format_version")
-    if fmt not in SUPPORTED_FORMAT_VERSIONS:
-        raise BundleError(
-            f"manifest.format_version {fmt!r} is not supported by this runtime (supports {SUPPORTED_FORMAT_VERSIONS}); "
-            "re-export the bundle or upgrade xvla-runtime"
-        )
-    if not schema_path.is_file():
-        log.warning("manifest schema %s not found: skipping schema validation", schema_path)
-        return
-    import jsonschema
-
-    schema = json.loads(schema_path.read_text())
-    validator = jsonschema.Draft202012Validator(schema)
-    errors = sorted(validator.iter_errors(manifest), key=lambda e: list(e.absolute_path))
-    if errors:
-        first = errors[0]
-        where = "manifest." + ".".join(str(p) for p in first.absolute_path) if first.absolute_path else "manifest"
-        more = f" (and {len(errors) - 1} more)" if len(errors) > 1 else ""
-        raise BundleError(f"{where}: {first.message}{more}")
-
-
-def verify_files(root: Path, files: dict[str, str]) -> None:
-    """Every listed file must exist and hash to its recorded sha256."""
-    for rel, expected in sorted(files.items()):
-        path = root / rel
-        if not path.is_file():
-            raise BundleError(f"bundle file missing: {rel} (listed in manifest.files)")
-        got = sha256_file(path)
-        if got != expected:
-            raise BundleError(
-                f"bundle file tampered or corrupt: {rel} has sha256 {got[:16]}..., manifest.files says {expected[:16]}..."
-            )
+__all__ = ["Bundle", "BundleError"]
 
 
 @dataclass
 class Bundle:
-    """A checked bundle: its folder and manifest, with accessors for what the runtime needs."""
+    """A checked bundle: its folder and (format-2) manifest, with accessors for the generic fields."""
 
     root: Path
     manifest: dict[str, Any]
 
+    def __post_init__(self) -> None:
+        self.manifest = upgrade_manifest(self.manifest)
+
     @classmethod
     def load(cls, root: str | Path, verify_hashes: bool = True) -> "Bundle":
         root = Path(root).expanduser().resolve()
-        mpath = root / "manifest.json"
-        if not mpath.is_file():
-            raise BundleError(f"not a bundle: {mpath} not found (export one with: xvla-export --preset tiny --out DIR)")
-        try:
-            manifest = json.loads(mpath.read_text())
-        except json.JSONDecodeError as exc:
-            raise BundleError(f"{mpath}: invalid JSON: {exc}") from exc
+        manifest = upgrade_manifest(read_manifest(root))
         validate_manifest(manifest)
         if verify_hashes:
             verify_files(root, manifest.get("files", {}))
@@ -93,42 +41,68 @@ class Bundle:
                 raise BundleError(f"manifest.graphs.{name}.file: {graph['file']} not found in {root}")
         return cls(root=root, manifest=manifest)
 
-    # ------------------------------------------------------------------ accessors
+    # ------------------------------------------------------------------ generic accessors
     @property
     def name(self) -> str:
         return str(self.manifest.get("model_name", self.root.name))
 
     @property
-    def action_space(self) -> dict[str, Any]:
-        return self.manifest["action_space"]
+    def kind(self) -> str:
+        return str(self.manifest["policy_kind"])
 
     @property
-    def preprocess(self) -> dict[str, Any]:
-        return self.manifest["preprocess"]
+    def policy(self) -> dict[str, Any]:
+        """The kind-specific block (validated by schemas/policy_<kind>.json)."""
+        return self.manifest["policy"]
+
+    @property
+    def embodiment(self) -> str | None:
+        return self.manifest.get("embodiment")
 
     @property
     def graphs(self) -> dict[str, Any]:
         return self.manifest["graphs"]
 
     @property
-    def horizon(self) -> int:
-        return int(self.action_space["num_actions"])
+    def action(self) -> dict[str, Any]:
+        return self.manifest["action"]
 
     @property
     def dim(self) -> int:
-        return int(self.action_space["dim"])
+        return int(self.action["dim"])
 
     @property
-    def model_dim(self) -> int:
-        return int(self.action_space.get("model_dim", self.dim))
+    def horizon(self) -> int:
+        return int(self.action["horizon"])
+
+    @property
+    def gripper_dims(self) -> tuple[int, ...]:
+        return tuple(int(i) for i in self.action.get("gripper_dims", []))
+
+    @property
+    def action_names(self) -> tuple[str, ...]:
+        return tuple(str(n) for n in self.action.get("names", []) or [])
+
+    @property
+    def camera_names(self) -> tuple[str, ...]:
+        return tuple(str(c) for c in self.manifest["cameras"]["names"])
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        h, w = self.manifest["cameras"]["image_size"]
+        return int(h), int(w)
+
+    @property
+    def needs_pose(self) -> bool:
+        return bool(self.manifest["cameras"].get("needs_pose", False))
+
+    @property
+    def proprio_dims(self) -> tuple[int, ...]:
+        return tuple(int(d) for d in self.manifest["proprio"]["dims"])
 
     @property
     def max_batch(self) -> int:
         return int(self.manifest.get("max_batch", 1) or 1)
-
-    @property
-    def default_steps(self) -> int:
-        return int(self.manifest.get("denoising", {}).get("default_steps", 10))
 
     @property
     def skills(self) -> list[dict[str, Any]]:
@@ -137,30 +111,6 @@ class Bundle:
     @property
     def tasks(self) -> list[dict[str, Any]]:
         return list(self.manifest.get("tasks") or [])
-
-    @property
-    def has_geometry(self) -> bool:
-        return "geometry" in self.graphs
-
-    @cached_property
-    def action_inputs(self) -> set[str]:
-        return {i["name"] for i in self.graphs["action"].get("inputs", [])}
-
-    @cached_property
-    def vlm_outputs(self) -> set[str]:
-        return {o["name"] for o in self.graphs["vlm"].get("outputs", [])}
-
-    @property
-    def has_skill_head(self) -> bool:
-        return "skill_logits" in self.vlm_outputs
-
-    @property
-    def has_task_prompts(self) -> bool:
-        return "task_id" in self.action_inputs
-
-    @property
-    def num_domains(self) -> int:
-        return int(self.manifest.get("model_config", {}).get("num_domains", 30))
 
     def graph_file(self, graph: str) -> Path:
         if graph not in self.graphs:

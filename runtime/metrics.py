@@ -17,8 +17,8 @@ class Metrics:
     def __init__(self, registry: CollectorRegistry | None = None) -> None:
         self.registry = registry or CollectorRegistry()
         r = self.registry
-        self.stage_seconds = Histogram("xvla_stage_seconds", "Per-chunk time per stage (preprocess, vlm, geometry, "
-                                       "denoise, decode, queue_wait, total)", ["stage", "route"],
+        self.stage_seconds = Histogram("xvla_stage_seconds", "Per-chunk time per stage (the policy kind's stages, "
+                                       "e.g. preprocess, vlm, denoise, decode; plus queue_wait and total)", ["stage", "route"],
                                        buckets=LATENCY_BUCKETS, registry=r)
         self.tick_seconds = Histogram("xvla_tick_seconds", "Server time from receiving an observation to sending its "
                                       "action", ["source"], buckets=LATENCY_BUCKETS, registry=r)
@@ -35,8 +35,9 @@ class Metrics:
         self.errors = Counter("xvla_errors_total", "RPCs ended with an error status", ["code"], registry=r)
 
     def observe_chunk(self, route: str, timings: dict[str, float]) -> None:
-        for stage in ("preprocess", "vlm", "geometry", "denoise", "decode", "queue_wait", "total"):
-            self.stage_seconds.labels(stage, route).observe(timings.get(stage, 0.0) / 1000.0)
+        for stage, ms in timings.items():
+            if stage != "batch_size":
+                self.stage_seconds.labels(stage, route).observe(ms / 1000.0)
         self.chunks.labels(route).inc()
 
     def observe_batch(self, graph: str, size: int, run_ms: float) -> None:

@@ -1,5 +1,9 @@
 """The policy service without the network: routes, policies, batchers, worker pool, sessions, Describe, Infer.
 
+It knows policies only through the PolicyRuntime boundary (runtime/policies/base.py): one
+observation is prepared once by the gate's policy, the skill gate decides the skill and the
+route, and the route's policy plans the chunk.
+
 server.py puts gRPC around it; tests and benchmarks can drive it directly. Loading is a
 separate step (``load``) so the gRPC server can report NOT_SERVING while engines load and
 warm up, and SERVING only after.
@@ -17,28 +21,30 @@ from typing import Callable, Mapping
 
 import numpy as np
 
+from xvla.core.errors import InputError
+from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.batching import BatchingEngine, Planners
 from xvla.runtime.engines.base import Engine
 from xvla.runtime.execution import ExecutionConfig
-from xvla.runtime.inverse_postprocess import unpostprocess_actions
 from xvla.runtime.metrics import Metrics
-from xvla.runtime.policy import Policy, Timings
-from xvla.runtime.preprocess import CameraInput, InputError
-from xvla.runtime.session import PlannedChunk, SessionTarget, resolve_header
+from xvla.runtime.policies import load_policy as load_bundle_policy
+from xvla.runtime.policies.base import ObservationInput, PlanContext, PolicyRuntime, Timings
+from xvla.runtime.session import PlannedChunk, SessionTarget, resolve_header, stage_timings
 from xvla.runtime.skills import RoutingTable, SkillGate
-from xvla.runtime.wire import check_observation, decode_cameras, numpy_to_tensor, tensor_to_numpy
+from xvla.runtime.wire import check_observation, decode_cameras
 
 log = logging.getLogger(__name__)
 
 EngineWrapper = Callable[[str, str, Engine], Engine]  # (route, graph, engine) -> engine
-PolicyFactory = Callable[[str, Path, "ServiceConfig"], Policy]  # (route, bundle dir, config) -> policy
+PolicyFactory = Callable[[str, Path, "ServiceConfig"], PolicyRuntime]  # (route, bundle dir, config) -> policy
 
 
-def load_policy(route: str, path: Path, cfg: "ServiceConfig") -> Policy:
-    """The default factory: a checked bundle with engines from the configured providers."""
-    return Policy.load(path, providers=cfg.providers, allow_fallback=cfg.allow_fallback,
-                       intra_op_threads=cfg.intra_op_threads, verify=cfg.verify_bundles, seed=cfg.seed, route=route)
+def load_policy(route: str, path: Path, cfg: "ServiceConfig") -> PolicyRuntime:
+    """The default factory: a checked bundle of any registered kind, engines from the configured providers."""
+    return load_bundle_policy(path, providers=cfg.providers, allow_fallback=cfg.allow_fallback,
+                              intra_op_threads=cfg.intra_op_threads, verify=cfg.verify_bundles, seed=cfg.seed,
+                              route=route)
 
 
 @dataclass
@@ -65,7 +71,7 @@ class PolicyService:
         self.config = config or ServiceConfig()
         self.metrics = metrics or Metrics()
         self.engine_wrapper = engine_wrapper
-        self.policies: dict[str, Policy] = {}
+        self.policies: dict[str, PolicyRuntime] = {}
         self.planners = Planners()
         self.pool = ThreadPoolExecutor(max_workers=self.config.max_sessions + 4, thread_name_prefix="xvla-plan")
         self.ready = False
@@ -88,8 +94,8 @@ class PolicyService:
                                                     on_batch=self.metrics.observe_batch)
             self.policies[name] = pol
         self._check_compatible()
-        if self.gate_policy.bundle.skills:
-            self.routes.check_skills([str(s["name"]) for s in self.gate_policy.bundle.skills])
+        if self.gate_policy.spec.skills:
+            self.routes.check_skills([str(s["name"]) for s in self.gate_policy.spec.skills])
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         if cfg.warmup:
             t1 = time.perf_counter()
@@ -102,18 +108,19 @@ class PolicyService:
 
     def _check_compatible(self) -> None:
         """Routed bundles must agree on everything a session fixes once: action space, horizon, cameras."""
-        gate = self.gate_policy
+        gate = self.gate_policy.spec
         for name, pol in self.policies.items():
-            for what, a, b in (("action dim", gate.dim, pol.dim), ("horizon", gate.horizon, pol.horizon),
-                               ("cameras", gate.images.camera_names, pol.images.camera_names),
-                               ("image size", gate.images.size, pol.images.size),
-                               ("proprio dims", gate.proprio.accepted_dims, pol.proprio.accepted_dims)):
+            spec = pol.spec
+            for what, a, b in (("policy kind", gate.kind, spec.kind), ("action dim", gate.action_dim, spec.action_dim),
+                               ("horizon", gate.horizon, spec.horizon), ("cameras", gate.camera_names, spec.camera_names),
+                               ("image size", gate.image_size, spec.image_size),
+                               ("proprio dims", gate.proprio_dims, spec.proprio_dims)):
                 if a != b:
                     raise ValueError(f"routes: bundle {name!r} has {what} {b}, the gate bundle "
                                      f"{self.routes.gate!r} has {a}; routed bundles must agree")
 
     @property
-    def gate_policy(self) -> Policy:
+    def gate_policy(self) -> PolicyRuntime:
         return self.policies[self.routes.gate]
 
     def close(self) -> None:
@@ -123,93 +130,78 @@ class PolicyService:
             pol.close()
 
     # ------------------------------------------------------------------ planning (worker threads)
-    def plan_chunk(self, target: SessionTarget, gate: SkillGate | None, cameras: Mapping[str, CameraInput],
-                   proprio: np.ndarray, instruction: str, committed: np.ndarray | None = None,
-                   noise: np.ndarray | None = None) -> PlannedChunk:
-        """One chunk: preprocess, gate VLM, skill decision, route, (route VLM), denoise (RTC prefix)."""
+    def plan_chunk(self, target: SessionTarget, gate: SkillGate | None, observation: ObservationInput,
+                   committed: np.ndarray | None = None, noise: np.ndarray | None = None) -> PlannedChunk:
+        """One chunk: the gate's policy prepares the observation once, the skill decision picks the route
+        (before any planning), the route's policy plans with the committed actions as prefix."""
         timings = Timings()
         gate_pol = self.gate_policy
-        prepared = gate_pol.prepare(dict(cameras), proprio, instruction)
-        timings.preprocess = prepared.preprocess_ms
+        prepared = gate_pol.prepare(observation, timings)
         with self.planners:
-            enc = gate_pol.encode(prepared.input_ids, prepared.image_input, prepared.image_mask,
-                                  prepared.extrinsics, prepared.intrinsics, timings)
             skill_id, skill, progress, changed = -1, "", math.nan, False
+            signals = gate_pol.gate_signals(prepared, timings) if gate_pol.spec.has_skill_head else None
             if target.forced_skill is not None:
                 skill_id, skill = target.forced_skill
-                if enc.progress is not None:
-                    progress = float(enc.progress[0, skill_id])
-            elif enc.skill_logits is not None:
+                if signals is not None and signals.progress is not None:
+                    progress = float(signals.progress[skill_id])
+            elif signals is not None:
                 if gate is not None:
-                    d = gate.update(enc.skill_logits[0], None if enc.progress is None else enc.progress[0])
+                    d = gate.update(signals.skill_logits, signals.progress)
                     skill_id, skill, progress, changed = d.skill_id, d.name, d.progress, d.changed
                 else:  # unary Infer: no history, the classifier's argmax (what the PyTorch model does)
-                    skill_id = int(np.argmax(enc.skill_logits[0]))
-                    skill = next((str(s["name"]) for s in gate_pol.bundle.skills if int(s["id"]) == skill_id), "")
-                    if enc.progress is not None:
-                        progress = float(enc.progress[0, skill_id])
+                    skill_id = int(np.argmax(signals.skill_logits))
+                    skill = next((str(s["name"]) for s in gate_pol.spec.skills if int(s["id"]) == skill_id), "")
+                    if signals.progress is not None:
+                        progress = float(signals.progress[skill_id])
             route = target.forced_route or self.routes.route_for(skill or None)
-            pol = self.policies[route]
-            if pol is not gate_pol:
-                enc = pol.encode(pol.tokenize(instruction)[None], prepared.image_input, prepared.image_mask,
-                                 prepared.extrinsics, prepared.intrinsics, timings)
-            prefix = None
-            if committed is not None and len(committed):
-                prefix = unpostprocess_actions(committed[None], prepared.proprio, pol.bundle.action_space)
-            actions, _raw = pol.denoise(
-                enc, prepared.proprio, np.array([target.domain_id], np.int64), target.steps, noise=noise,
-                task_id=None if target.task_id is None else np.array([target.task_id], np.int64),
-                skill_id=np.array([skill_id], np.int64) if (skill_id >= 0 and pol.takes_skill) else None,
-                prefix=prefix, timings=timings)
-        return PlannedChunk(actions[0], skill_id, skill, progress, route, timings.as_dict(), changed)
+            context = PlanContext(domain_id=target.domain_id, task_id=target.task_id,
+                                  skill_id=skill_id if skill_id >= 0 else None, steps=target.steps, noise=noise,
+                                  committed=committed, max_new_tokens=target.max_new_tokens)
+            chunk = self.policies[route].plan(prepared, context, timings)
+        return PlannedChunk(chunk.actions, skill_id, skill, progress, route, timings.as_dict(), changed, chunk.text)
 
     # ------------------------------------------------------------------ unary RPCs
     def infer(self, request: pb.InferRequest) -> pb.InferResponse:
         """One observation -> one whole chunk (worker thread). Stateless: no gating history."""
         target = resolve_header(self, request.session, field="session")
-        gate = self.gate_policy
-        proprio = check_observation(request.observation, gate.images.camera_names, gate.proprio.accepted_dims,
-                                    gate.needs_pose)
+        spec = self.gate_policy.spec
+        proprio = check_observation(request.observation, spec)
         noise = None
         if request.HasField("noise"):
             noise = tensor_to_numpy(request.noise, "noise", (pb.FLOAT32,)).astype(np.float32)
-            want = (gate.horizon, gate.model_dim)
+            want = spec.noise_shape
+            if want is None:
+                raise InputError("noise", f"policy kind {spec.kind!r} takes no injected noise")
             if noise.shape not in (want, (1, *want)):
                 raise InputError("noise.shape", f"expected {list(want)}, got {list(noise.shape)}")
             if not np.all(np.isfinite(noise)):
                 raise InputError("noise", "contains NaN or Inf")
-            noise = noise.reshape(1, *want)
+            noise = noise.reshape(want)
         instruction = request.observation.instruction or target.instruction
-        planned = self.plan_chunk(target, None, decode_cameras(request.observation), proprio, instruction, noise=noise)
+        observation = ObservationInput(decode_cameras(request.observation), proprio, instruction)
+        planned = self.plan_chunk(target, None, observation, noise=noise)
         self.metrics.observe_chunk(planned.route, planned.timings)
-        t = planned.timings
         return pb.InferResponse(
             actions=numpy_to_tensor(planned.actions), skill=planned.skill, skill_id=planned.skill_id,
-            progress=planned.progress, route=planned.route,
-            timings=pb.StageTimings(preprocess_ms=t["preprocess"], vlm_ms=t["vlm"], geometry_ms=t["geometry"],
-                                    denoise_ms=t["denoise"], decode_ms=t["decode"], queue_wait_ms=t["queue_wait"],
-                                    total_ms=t["total"], batch_size=int(t["batch_size"])))
+            progress=planned.progress, route=planned.route, timings=stage_timings(planned.timings),
+            text=planned.text)
 
     def describe(self) -> pb.DescribeResponse:
-        gate = self.gate_policy
-        b = gate.bundle
-        space = b.action_space
+        spec = self.gate_policy.spec
         resp = pb.DescribeResponse(
-            policy_kind=str(b.manifest.get("policy_kind", "xvla")),
+            policy_kind=spec.kind,
             action_space=pb.ActionSpaceSpec(
-                mode=str(space.get("mode", "")), dim=b.dim,
-                idx_for_delta=[int(i) for i in space.get("idx_for_delta", [])],
-                gripper_dims=[int(i) for i in space.get("gripper_dims", []) if int(i) < b.dim],
-                names=[str(n) for n in space.get("names", []) or []],
-                accepted_proprio_dims=gate.proprio.accepted_dims),
-            horizon=b.horizon, control_rate_hz=self.config.control_rate_hz,
-            model_name=b.name, max_message_bytes=self.config.max_message_bytes)
-        h, w = gate.images.size
-        for name in gate.images.camera_names:
-            resp.cameras.add(name=name, height=h, width=w, needs_pose=gate.needs_pose)
-        for s in b.skills:
+                mode=spec.mode, dim=spec.action_dim, idx_for_delta=list(spec.idx_for_delta),
+                gripper_dims=list(spec.gripper_dims), names=list(spec.action_names),
+                accepted_proprio_dims=list(spec.proprio_dims)),
+            horizon=spec.horizon, control_rate_hz=self.config.control_rate_hz,
+            model_name=spec.name, max_message_bytes=self.config.max_message_bytes)
+        h, w = spec.image_size
+        for name in spec.camera_names:
+            resp.cameras.add(name=name, height=h, width=w, needs_pose=spec.needs_pose)
+        for s in spec.skills:
             resp.skills.add(id=int(s["id"]), name=str(s["name"]))
-        for t in b.tasks:
+        for t in spec.tasks:
             resp.tasks.add(id=int(t["id"]), name=str(t["name"]))
         for route, pol in self.policies.items():
             for graph, eng in pol.engines.items():

@@ -8,9 +8,10 @@ Per observation (frame f), on the event loop:
 3. when fewer than ``replan_threshold`` future actions remain and no chunk is in flight,
    a new chunk is planned from this observation in a worker thread.
 
-Planning (worker thread): decode + preprocess, the gate bundle's VLM, the skill gate, the
-route's bundle, the denoising loop (RTC: with the committed actions as prefix). Engine calls
-go through the shared batchers, so concurrent sessions share engine calls.
+Planning (worker thread): decode, then the policy kind (service.plan_chunk): the gate policy
+prepares the observation, the skill gate picks the skill and the route, the route's policy
+plans the chunk (RTC: with the committed actions as prefix). Engine calls go through the
+shared batchers, so concurrent sessions share engine calls.
 """
 
 from __future__ import annotations
@@ -25,12 +26,13 @@ from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
+from xvla.core.errors import InputError
+from xvla.core.tensors import numpy_to_tensor
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.execution import ActionPlan, ExecutionConfig, ExecutionMode, SkillChange
-from xvla.runtime.preprocess import InputError
-from xvla.runtime.r1pro import R1PRO_GRIPPER_DIMS, R1PRO_STATE_DIM
+from xvla.runtime.policies.base import ObservationInput
 from xvla.runtime.skills import SkillGate
-from xvla.runtime.wire import check_observation, decode_cameras, numpy_to_tensor
+from xvla.runtime.wire import check_observation, decode_cameras
 
 if TYPE_CHECKING:
     from xvla.runtime.service import PolicyService
@@ -54,6 +56,7 @@ class PlannedChunk:
     route: str
     timings: dict[str, float]
     skill_changed: bool = False
+    text: str = ""
 
 
 @dataclass
@@ -68,13 +71,26 @@ class SessionTarget:
     steps: int
     control_rate_hz: float
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)
+    max_new_tokens: int | None = None  # for policy kinds that generate text; None = the bundle's default
+
+
+# The named StageTimings fields kept filled for clients written before ``stage_ms`` (X-VLA's stages).
+_LEGACY_STAGES = ("preprocess", "vlm", "geometry", "denoise", "decode")
+
+
+def stage_timings(t: dict[str, float]) -> pb.StageTimings:
+    """A chunk's timings dict (Timings.as_dict) -> the wire message: every stage in stage_ms, legacy fields too."""
+    stages = {k: float(v) for k, v in t.items() if k not in ("queue_wait", "total", "batch_size")}
+    return pb.StageTimings(**{f"{k}_ms": stages.get(k, 0.0) for k in _LEGACY_STAGES},
+                           queue_wait_ms=t.get("queue_wait", 0.0), total_ms=t.get("total", 0.0),
+                           batch_size=int(t.get("batch_size", 1)), stage_ms=stages)
 
 
 def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: str = "header") -> SessionTarget:
     """Validates a SessionHeader against the served policies; every error names its field."""
-    gate = service.gate_policy
-    known_tasks = {int(t["id"]) for t in gate.bundle.tasks}
-    if gate.needs_task:
+    spec = service.gate_policy.spec
+    known_tasks = {int(t["id"]) for t in spec.tasks}
+    if spec.needs_task:
         if header.task_id < 0 or (known_tasks and header.task_id not in known_tasks):
             raise InputError(f"{field}.task_id", f"unknown task {header.task_id}; known task ids: {_ranges(known_tasks)}")
         task_id: int | None = int(header.task_id)
@@ -82,13 +98,12 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         if header.task_id not in (0, -1):
             raise InputError(f"{field}.task_id", f"unknown task {header.task_id}: this policy has no task prompts (use -1)")
         task_id = None
-    domain_id = int(header.domain_id) if header.HasField("domain_id") else int(
-        (gate.bundle.manifest.get("domains") or {}).get("default", 0))
-    if not 0 <= domain_id < gate.bundle.num_domains:
-        raise InputError(f"{field}.domain_id", f"must be in [0, {gate.bundle.num_domains}), got {domain_id}")
+    domain_id = int(header.domain_id) if header.HasField("domain_id") else spec.default_domain
+    if not 0 <= domain_id < spec.num_domains:
+        raise InputError(f"{field}.domain_id", f"must be in [0, {spec.num_domains}), got {domain_id}")
     forced_skill = None
     if header.skill:
-        names = {str(s["name"]): int(s["id"]) for s in gate.bundle.skills}
+        names = {str(s["name"]): int(s["id"]) for s in spec.skills}
         if header.skill not in names:
             raise InputError(f"{field}.skill", f"unknown skill {header.skill!r}; known skills: {sorted(names)}")
         forced_skill = (names[header.skill], header.skill)
@@ -112,14 +127,17 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         ensemble_k=ex.ensemble_k if ex.ensemble_k else d.ensemble_k,
         replan_threshold=ex.replan_threshold or d.replan_threshold,
         execute_horizon=ex.execute_horizon or d.execute_horizon,
-        denoising_steps=ex.denoising_steps or gate.bundle.default_steps,
+        denoising_steps=ex.denoising_steps or spec.default_steps,
         on_skill_change=SKILL_CHANGES.get(ex.on_skill_change, default_change),
         latency_compensation=not ex.disable_latency_compensation,
-        newest_wins_dims=tuple(ex.newest_wins_dims) or default_newest_wins(gate.bundle.manifest),
+        newest_wins_dims=tuple(ex.newest_wins_dims) or spec.gripper_dims,
         rtc_delay_frames=ex.rtc_delay_frames,
     )
+    if cfg.mode is ExecutionMode.RTC and not spec.supports_prefix:
+        raise InputError(f"{field}.execution.mode", f"RTC needs a sampler that takes a committed prefix; "
+                                                    f"policy kind {spec.kind!r} does not")
     try:
-        cfg.validate(gate.horizon, gate.dim)
+        cfg.validate(spec.horizon, spec.action_dim)
     except ValueError as exc:
         raise InputError(f"{field}.{str(exc).split(' ')[0]}", str(exc).split(" ", 1)[1]) from None
     return SessionTarget(task_id, domain_id, header.instruction, forced_skill, forced_route,
@@ -137,19 +155,6 @@ def _ranges(ids: set[int]) -> str:
     return ", ".join(out) or "none"
 
 
-def default_newest_wins(manifest: dict) -> tuple[int, ...]:
-    """Dims never blended by default: the bundle's gripper dims; for the 23-d R1Pro action (whose
-    manifest lists no gripper dims: auto mode does not zero them) its two grippers, as BEHAVIOR's baseline."""
-    space = manifest["action_space"]
-    dim = int(space["dim"])
-    grippers = tuple(int(i) for i in space.get("gripper_dims", []) if int(i) < dim)
-    if grippers:
-        return grippers
-    if dim == R1PRO_STATE_DIM and (manifest.get("preprocess", {}).get("proprio") or {}).get("r1pro_raw_dim"):
-        return R1PRO_GRIPPER_DIMS
-    return ()
-
-
 class Session:
     def __init__(self, service: "PolicyService", header: pb.SessionHeader) -> None:
         self.service = service
@@ -157,17 +162,15 @@ class Session:
         self.id = header.session_id or uuid.uuid4().hex[:12]
         self.robot_id = header.robot_id
         self.instruction = self.target.instruction
-        gate = service.gate_policy
-        self.plan = ActionPlan(self.target.execution, gate.horizon, gate.dim)
-        self.gate = (SkillGate(gate.bundle.skills, service.routes.gating)
-                     if gate.has_skill_head and gate.bundle.skills and self.target.forced_skill is None else None)
-        self._camera_names = gate.images.camera_names
-        self._accepted_proprio = gate.proprio.accepted_dims
-        self._needs_pose = gate.needs_pose
+        spec = service.gate_policy.spec
+        self.spec = spec
+        self.plan = ActionPlan(self.target.execution, spec.horizon, spec.action_dim)
+        self.gate = (SkillGate(list(spec.skills), service.routes.gating)
+                     if spec.has_skill_head and spec.skills and self.target.forced_skill is None else None)
         self._last_frame: int | None = None
         self._waiting_frame: int | None = None
         self._inflight: asyncio.Task | None = None
-        self._last_action = np.zeros((gate.dim,), np.float32)
+        self._last_action = np.zeros((spec.action_dim,), np.float32)
         self._last_reported_chunk = -1
         self._skill = ("", -1, math.nan)
         self._route = service.routes.default if service.routes else ""
@@ -185,7 +188,7 @@ class Session:
         f = int(obs.frame_index)
         if self._last_frame is not None and f <= self._last_frame:
             raise InputError("observation.frame_index", f"must increase: got {f} after {self._last_frame}")
-        proprio = check_observation(obs, self._camera_names, self._accepted_proprio, self._needs_pose)
+        proprio = check_observation(obs, self.spec)
         if obs.instruction:
             self.instruction = obs.instruction
         self.plan.prune(f)
@@ -232,12 +235,8 @@ class Session:
         reply.route = chunk.info.get("route", self._route)
         if chunk.chunk_id != self._last_reported_chunk:
             self._last_reported_chunk = chunk.chunk_id
-            t = chunk.info.get("timings", {})
-            reply.timings.CopyFrom(pb.StageTimings(
-                preprocess_ms=t.get("preprocess", 0.0), vlm_ms=t.get("vlm", 0.0), geometry_ms=t.get("geometry", 0.0),
-                denoise_ms=t.get("denoise", 0.0), decode_ms=t.get("decode", 0.0),
-                queue_wait_ms=t.get("queue_wait", 0.0), total_ms=t.get("total", 0.0),
-                batch_size=int(t.get("batch_size", 1))))
+            reply.timings.CopyFrom(stage_timings(chunk.info.get("timings", {})))
+            reply.text = chunk.info.get("text", "")
             rest = self.plan.committed(f + 1, self.plan.horizon)
             if len(rest):
                 reply.chunk.CopyFrom(numpy_to_tensor(rest))
@@ -270,7 +269,7 @@ class Session:
             (self._last_frame + 1) if self._last_frame is not None else frame)
         planned.timings["queue_wait"] = planned.timings.get("queue_wait", 0.0)
         self.plan.add_chunk(planned.actions, frame, current, planned.skill_id,
-                            {"timings": planned.timings, "route": planned.route})
+                            {"timings": planned.timings, "route": planned.route, "text": planned.text})
         self.chunks += 1
         self._skill = (planned.skill, planned.skill_id, planned.progress)
         self._route = planned.route
@@ -284,8 +283,8 @@ class Session:
                    committed: np.ndarray | None) -> PlannedChunk:
         """Worker thread: one chunk for this session (through the shared batchers)."""
         return self.service.plan_chunk(
-            target=self.target, gate=self.gate, cameras=decode_cameras(obs), proprio=proprio,
-            instruction=instruction, committed=committed)
+            target=self.target, gate=self.gate, observation=ObservationInput(decode_cameras(obs), proprio, instruction),
+            committed=committed)
 
     # ------------------------------------------------------------------ end
     async def close(self) -> None:

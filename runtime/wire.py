@@ -1,4 +1,4 @@
-"""Wire messages (xvla.policy.v1) <-> numpy, with validation that names the offending field.
+"""Observation messages (xvla.policy.v1) -> numpy, with validation that names the offending field.
 
 Every check here runs on every observation, on the event loop, so it is cheap: structure,
 sizes, dtypes, finiteness. Image decoding (JPEG/PNG) and resizing happen later, in a worker
@@ -7,57 +7,26 @@ thread, and only for the observations a chunk is planned from.
 
 from __future__ import annotations
 
-import math
 from typing import Sequence
 
 import numpy as np
 
+from xvla.core.errors import InputError
+from xvla.core.images import MAX_IMAGE_SIDE, CameraInput, decode_image
+from xvla.core.pose import check_pose
+from xvla.core.tensors import tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
-from xvla.runtime.preprocess import MAX_IMAGE_SIDE, CameraInput, InputError, decode_image
-
-DTYPES: dict[int, np.dtype] = {
-    pb.FLOAT32: np.dtype("<f4"),
-    pb.FLOAT64: np.dtype("<f8"),
-    pb.FLOAT16: np.dtype("<f2"),
-    pb.INT32: np.dtype("<i4"),
-    pb.INT64: np.dtype("<i8"),
-    pb.UINT8: np.dtype("u1"),
-    pb.BOOL: np.dtype("?"),
-}
-_TO_WIRE = {v.str: k for k, v in DTYPES.items()}
+from xvla.runtime.policies.base import ObservationInput, PolicySpec
 
 ENCODINGS = {pb.RAW_RGB8: "raw_rgb8", pb.JPEG: "jpeg", pb.PNG: "png"}
 _MAGIC = {pb.JPEG: b"\xff\xd8\xff", pb.PNG: b"\x89PNG\r\n\x1a\n"}
 
 
-def tensor_to_numpy(t: pb.Tensor, field: str, allowed: Sequence[int] | None = None) -> np.ndarray:
-    """A Tensor message -> read-only numpy array; every inconsistency is an InputError naming ``field``."""
-    if t.dtype not in DTYPES:
-        raise InputError(f"{field}.dtype", f"unsupported or unspecified dtype {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype}")
-    if allowed is not None and t.dtype not in allowed:
-        raise InputError(f"{field}.dtype", f"expected one of {[pb.DType.Name(a) for a in allowed]}, got {pb.DType.Name(t.dtype)}")
-    shape = tuple(int(d) for d in t.shape)
-    if any(d < 0 for d in shape):
-        raise InputError(f"{field}.shape", f"negative dimension in {list(shape)}")
-    dtype = DTYPES[t.dtype]
-    n = math.prod(shape)
-    if len(t.data) != n * dtype.itemsize:
-        raise InputError(f"{field}.data", f"shape {list(shape)} of {pb.DType.Name(t.dtype)} needs {n * dtype.itemsize} bytes, got {len(t.data)}")
-    return np.frombuffer(t.data, dtype=dtype).reshape(shape)
+def check_observation(obs: pb.Observation, spec: PolicySpec, field: str = "observation") -> np.ndarray:
+    """Cheap per-tick validation against the policy's spec; the only validation an observation gets.
 
-
-def numpy_to_tensor(arr: np.ndarray) -> pb.Tensor:
-    arr = np.asarray(arr)
-    dtype = arr.dtype.newbyteorder("<") if arr.dtype.byteorder == ">" else arr.dtype
-    code = _TO_WIRE.get(dtype.str)
-    if code is None:
-        raise ValueError(f"dtype {arr.dtype} cannot go on the wire")
-    return pb.Tensor(dtype=code, shape=list(arr.shape), data=np.ascontiguousarray(arr, dtype=dtype).tobytes())
-
-
-def check_observation(obs: pb.Observation, camera_names: Sequence[str], accepted_proprio: Sequence[int],
-                      needs_pose: bool, field: str = "observation") -> np.ndarray:
-    """Cheap per-tick validation. Returns the proprio as float32 numpy (not yet mapped to the state)."""
+    Returns the proprio as float32 numpy (not yet mapped to the state)."""
+    camera_names, accepted_proprio, needs_pose = spec.camera_names, spec.proprio_dims, spec.needs_pose
     seen: set[str] = set()
     if not obs.cameras:
         raise InputError(f"{field}.cameras", f"at least one camera is required (cameras: {list(camera_names)})")
@@ -82,21 +51,45 @@ def check_observation(obs: pb.Observation, camera_names: Sequence[str], accepted
             raise InputError(f"{f}.image.data", f"not a {ENCODINGS[img.encoding].upper()} file ({len(img.data)} bytes)")
         for name, shape in (("extrinsics", (4, 4)), ("intrinsics", (3, 3))):
             if cam.HasField(name):
-                arr = tensor_to_numpy(getattr(cam, name), f"{f}.{name}", (pb.FLOAT32, pb.FLOAT64))
-                if arr.shape != shape:
-                    raise InputError(f"{f}.{name}.shape", f"expected {list(shape)}, got {list(arr.shape)}")
-                if not np.all(np.isfinite(arr)):
-                    raise InputError(f"{f}.{name}", "contains NaN or Inf")
+                check_pose(tensor_to_numpy(getattr(cam, name), f"{f}.{name}", (pb.FLOAT32, pb.FLOAT64)), shape, f"{f}.{name}")
             elif needs_pose:
                 raise InputError(f"{f}.{name}", "this policy has a geometry encoder: camera poses are required")
     if not obs.HasField("proprio"):
         raise InputError(f"{field}.proprio", f"required: shape one of {[[d] for d in accepted_proprio]}")
-    p = tensor_to_numpy(obs.proprio, f"{field}.proprio", (pb.FLOAT32, pb.FLOAT64))
-    if p.ndim != 1 or p.shape[0] not in accepted_proprio:
-        raise InputError(f"{field}.proprio.shape", f"expected one of {[[d] for d in accepted_proprio]}, got {list(p.shape)}")
+    return check_proprio(tensor_to_numpy(obs.proprio, f"{field}.proprio", (pb.FLOAT32, pb.FLOAT64)),
+                         accepted_proprio, f"{field}.proprio")
+
+
+def check_proprio(p: np.ndarray, accepted: Sequence[int], field: str) -> np.ndarray:
+    """A 1-D finite float vector of an accepted length -> float32."""
+    if not np.issubdtype(p.dtype, np.floating):
+        raise InputError(f"{field}.dtype", f"expected float32 or float64, got {p.dtype}")
+    if p.ndim != 1 or p.shape[0] not in accepted:
+        raise InputError(f"{field}.shape", f"expected one of {[[d] for d in accepted]}, got {list(p.shape)}")
     if not np.all(np.isfinite(p)):
-        raise InputError(f"{field}.proprio", f"contains NaN or Inf at index {int(np.flatnonzero(~np.isfinite(p))[0])}")
+        raise InputError(field, f"contains NaN or Inf at index {int(np.flatnonzero(~np.isfinite(p))[0])}")
     return p.astype(np.float32)
+
+
+def check_input(observation: ObservationInput, spec: PolicySpec, field: str = "observation") -> ObservationInput:
+    """The same checks for an observation that did not come over the wire (``XVLAPolicy.act``, bridges in-process)."""
+    if not observation.cameras:
+        raise InputError(f"{field}.cameras", f"at least one camera is required (cameras: {list(spec.camera_names)})")
+    cameras = {}
+    for name, cam in observation.cameras.items():
+        f = f"{field}.cameras[{name}]"
+        if name not in spec.camera_names:
+            raise InputError(f"{f}.name", f"unknown camera {name!r}; this policy's cameras are {list(spec.camera_names)}")
+        img = np.asarray(cam.image)
+        if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+            raise InputError(f"{f}.image", f"expected HxWx3 uint8 RGB, got {list(img.shape)} {img.dtype}")
+        ext = check_pose(None if cam.extrinsics is None else np.asarray(cam.extrinsics), (4, 4), f"{f}.extrinsics")
+        intr = check_pose(None if cam.intrinsics is None else np.asarray(cam.intrinsics), (3, 3), f"{f}.intrinsics")
+        if spec.needs_pose and (ext is None or intr is None):
+            raise InputError(f"{f}.extrinsics", "this policy has a geometry encoder: every camera needs extrinsics and intrinsics")
+        cameras[name] = CameraInput(img, ext, intr)
+    proprio = check_proprio(np.asarray(observation.proprio), spec.proprio_dims, f"{field}.proprio")
+    return ObservationInput(cameras, proprio, observation.instruction)
 
 
 def decode_cameras(obs: pb.Observation, field: str = "observation") -> dict[str, CameraInput]:
@@ -109,8 +102,3 @@ def decode_cameras(obs: pb.Observation, field: str = "observation") -> dict[str,
         intr = tensor_to_numpy(cam.intrinsics, "intrinsics").astype(np.float32) if cam.HasField("intrinsics") else None
         out[cam.name] = CameraInput(img, ext, intr)
     return out
-
-
-def encode_image_raw(img: np.ndarray) -> pb.Image:
-    img = np.ascontiguousarray(img, np.uint8)
-    return pb.Image(encoding=pb.RAW_RGB8, height=img.shape[0], width=img.shape[1], data=img.tobytes())

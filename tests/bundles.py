@@ -46,7 +46,7 @@ def export_cache_dir() -> Path:
 def make_tiny_bundle(tmp_root: Path, preset: str = "tiny", seed: int = 0, **options: Any) -> Path:
     """Path of a bundle of a seeded ``preset`` model (exported on first use in this session).
 
-    ``options`` are ``xvla.export.bundle_writer.ExportOptions`` fields (``unrolled=True``,
+    ``options`` are ``xvla.export.policies.xvla.bundle_writer.ExportOptions`` fields (``unrolled=True``,
     ``max_batch=4``, ...). Treat the folder as read-only: it is shared; copy it to modify it.
     """
     key = (preset, int(seed), json.dumps(options, sort_keys=True, default=str))
@@ -54,7 +54,7 @@ def make_tiny_bundle(tmp_root: Path, preset: str = "tiny", seed: int = 0, **opti
         cached = _BUNDLES.get(key)
         if cached is not None and (cached / "manifest.json").is_file():
             return cached
-        from xvla.export.bundle_writer import export_bundle, preset_model
+        from xvla.export.policies.xvla.bundle_writer import export_bundle, preset_model
 
         name = f"{preset}-s{seed}-{len(_BUNDLES)}"
         out = Path(tmp_root) / name
@@ -71,7 +71,7 @@ def make_checkpoint_bundle(tmp_root: Path, checkpoint: Path, **options: Any) -> 
         cached = _BUNDLES.get(key)
         if cached is not None and (cached / "manifest.json").is_file():
             return cached
-        from xvla.export.bundle_writer import export_bundle
+        from xvla.export.policies.xvla.bundle_writer import export_bundle
 
         out = Path(tmp_root) / f"{Path(checkpoint).name}-{len(_BUNDLES)}"
         options.setdefault("cache_dir", export_cache_dir())

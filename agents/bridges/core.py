@@ -30,9 +30,9 @@ from xvla.agents.client import (
     StreamClosed,
     StreamSession,
 )
-from xvla.agents.control_loop import R1PRO_DOMAIN_ID
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.agents.observation import ObservationEncoder
-from xvla.agents.tensors import from_tensor
+from xvla.core.tensors import tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -206,7 +206,7 @@ class LockstepSession:
                     raise PolicyError(f"the policy service did not answer within {timeout:g} s") from e
                 raise PolicyError(f"policy service error: {getattr(e, 'details', None) or e}") from e
             self._frame += 1
-            action = from_tensor(reply.action, "reply.action").astype(np.float32).reshape(-1)
+            action = tensor_to_numpy(reply.action, "reply.action").astype(np.float32).reshape(-1)
             return action, reply
         raise AssertionError("unreachable")
 
@@ -229,7 +229,7 @@ class LockstepSession:
             raise PolicyError(f"policy service unavailable: {e}") from e
         except aio.AioRpcError as e:
             raise PolicyError(f"policy service error: {e.code().name}: {e.details()}") from e
-        actions = from_tensor(resp.actions, "response.actions").astype(np.float32)
+        actions = tensor_to_numpy(resp.actions, "response.actions").astype(np.float32)
         if actions.ndim != 2:
             raise PolicyError(f"policy returned actions of shape {list(actions.shape)}, expected [T, D]")
         if k is not None:

@@ -25,7 +25,7 @@ from xvla.agents.bridges.core import BridgeConfig, BridgeCore, BridgeServer, Loc
 from xvla.agents.bridges.observations import PolicyView
 from xvla.agents.client import ClientConfig
 from xvla.agents.imaging import resize_rgb
-from xvla.agents.tensors import to_tensor
+from xvla.core.tensors import numpy_to_tensor
 from xvla.proto import policy_pb2 as pb
 
 log = logging.getLogger(__name__)
@@ -92,7 +92,7 @@ def build_observation(payload: dict, policy: PolicyView) -> tuple[pb.Observation
         raise WireError(f"proprio: {p.shape[0]} values, the policy accepts {list(policy.accepted_proprio_dims)}")
     if not np.all(np.isfinite(p)):
         raise WireError("proprio: contains NaN or inf")
-    to_tensor(p, obs.proprio)
+    numpy_to_tensor(p, obs.proprio)
     instruction = payload.get("language_instruction")
     if not isinstance(instruction, str):
         raise WireError("language_instruction: missing or not a string")

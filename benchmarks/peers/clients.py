@@ -156,7 +156,7 @@ class OursInferClient:
                                        control_rate_hz=30.0, execution=pb.ExecutionSettings(denoising_steps=steps))
 
     def encode(self, obs: BenchObservation) -> Any:
-        from xvla.runtime.wire import encode_image_raw, numpy_to_tensor
+        from xvla.core.tensors import encode_image_raw, numpy_to_tensor
 
         pb = self.pb
         o = pb.Observation(frame_index=obs.frame, timestamp=time.monotonic(), instruction=obs.instruction)
@@ -166,7 +166,7 @@ class OursInferClient:
         return pb.InferRequest(session=self.header, observation=o)
 
     def request(self, obs: BenchObservation) -> Reply:
-        from xvla.runtime.wire import tensor_to_numpy
+        from xvla.core.tensors import tensor_to_numpy
 
         t0 = time.perf_counter()
         req = self.encode(obs)

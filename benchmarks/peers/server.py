@@ -34,7 +34,7 @@ class Model:
     """The shared computation: raw observation -> chunk [T, D], timed."""
 
     def __init__(self, bundle: Path, threads: int, providers: str = "cpu") -> None:
-        from xvla.runtime.policy import Policy
+        from xvla.runtime import Policy
 
         self.policy = Policy.load(bundle, providers=[p for p in providers.split(",") if p], intra_op_threads=threads,
                                   seed=0)

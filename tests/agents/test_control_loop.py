@@ -23,7 +23,7 @@ from tests.agents.helpers import free_port
 from xvla.agents.backoff import BackoffConfig
 from xvla.agents.client import ClientConfig, PolicyClient
 from xvla.agents.control_loop import ControlLoop, LoopConfig
-from xvla.agents.layout import R1PRO
+from xvla.core.embodiments.r1pro import R1PRO
 from xvla.agents.sim_r1pro import SimR1Pro
 from xvla.agents.stats import FRESH, PLAN, SAFE
 

@@ -11,11 +11,12 @@ from PIL import Image  # test-only reference; the agent itself never imports pil
 from tests.agents.fake_server import FakePolicyService
 from xvla.agents.backoff import Backoff, BackoffConfig
 from xvla.agents.imaging import resize_rgb, scale_intrinsics
-from xvla.agents.layout import R1PRO, PartKind, safe_action
+from xvla.core.embodiments import PartKind, safe_action
+from xvla.core.embodiments.r1pro import R1PRO
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.sim_r1pro import SimR1Pro, SimR1ProConfig
 from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
-from xvla.agents.tensors import from_tensor, to_tensor
+from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 
 
@@ -111,9 +112,9 @@ def test_encoder_shrinks_frames_to_the_policy_contract():
         (n, 224, 224, 224 * 224 * 3) for n in ("head", "left_wrist", "right_wrist")]
     assert enc.raw_bytes == 720 * 720 * 3 + 2 * 480 * 480 * 3 + 23 * 4
     assert enc.wire_bytes == m.ByteSize() < enc.raw_bytes / 5
-    k = from_tensor(m.cameras[0].intrinsics)
+    k = tensor_to_numpy(m.cameras[0].intrinsics)
     np.testing.assert_allclose(k[0, 0], 306.0 * 224 / 720, rtol=1e-5)
-    np.testing.assert_array_equal(from_tensor(m.proprio), obs.state)
+    np.testing.assert_array_equal(tensor_to_numpy(m.proprio), obs.state)
     # Without needs_pose no poses go out; cameras the policy does not read are left out.
     d = FakePolicyService().describe()
     del d.cameras[2]
@@ -123,12 +124,12 @@ def test_encoder_shrinks_frames_to_the_policy_contract():
 
 def test_tensor_round_trip_and_size_check():
     a = np.arange(12, dtype=np.float32).reshape(3, 4)
-    t = to_tensor(a)
+    t = numpy_to_tensor(a)
     assert t.dtype == pb.FLOAT32 and list(t.shape) == [3, 4]
-    np.testing.assert_array_equal(from_tensor(t), a)
+    np.testing.assert_array_equal(tensor_to_numpy(t), a)
     t.data = t.data[:-4]
-    with pytest.raises(ValueError, match="reply.action: 44 bytes do not match shape"):
-        from_tensor(t, "reply.action")
+    with pytest.raises(ValueError, match=r"reply.action.data: shape \[3, 4\] of FLOAT32 needs 48 bytes, got 44"):
+        tensor_to_numpy(t, "reply.action")
 
 
 def test_backoff_is_jittered_exponential_and_resets():

@@ -24,7 +24,7 @@ def test_io_binding_path_returns_what_a_plain_run_returns(bench_bundle, manifest
     binding = bound.prepare("action_step", 2)()
     got = binding.copy_outputs_to_cpu()[0]
     want = plain.prepare("action_step", 2)()[0]
-    assert got.shape == (2, manifest["action_space"]["num_actions"], manifest["action_space"]["model_dim"])
+    assert got.shape == (2, manifest["policy"]["action_space"]["num_actions"], manifest["policy"]["action_space"]["model_dim"])
     np.testing.assert_array_equal(got, want)
 
 
@@ -39,9 +39,9 @@ def test_chunk_stage_runs_the_runtime_policy_and_matches_torch(bench_bundle, man
 def test_feeds_are_valid_ids_and_poses(manifest) -> None:
     f = graph_feeds(manifest, "vlm", 3)
     assert f["image_input"].shape == (3, 3, 3, 224, 224) and f["image_mask"].all()
-    assert 0 <= f["input_ids"].min() and f["input_ids"].max() < manifest["model_config"]["florence_config"]["vocab_size"]
+    assert 0 <= f["input_ids"].min() and f["input_ids"].max() < manifest["policy"]["model_config"]["florence_config"]["vocab_size"]
     a = graph_feeds(manifest, "action", 2)
-    assert a["domain_id"].max() < manifest["model_config"]["num_domains"] and a["t"].shape == (2,)
+    assert a["domain_id"].max() < manifest["policy"]["model_config"]["num_domains"] and a["t"].shape == (2,)
 
 
 def test_unavailable_backends_are_skipped_with_a_reason(bench_bundle, manifest) -> None:

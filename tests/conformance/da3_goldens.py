@@ -19,8 +19,8 @@ from typing import Optional
 import torch
 from safetensors.torch import load_file
 
-from xvla.export.model.da3 import DA3Config, DA3Net, load_da3_state_dict
-from xvla.export.model.geometry import GeometryConfig, GeometryCrossAttentionFusion, GeometryEncoder
+from xvla.export.policies.xvla.model.da3 import DA3Config, DA3Net, load_da3_state_dict
+from xvla.export.policies.xvla.model.geometry import GeometryConfig, GeometryCrossAttentionFusion, GeometryEncoder
 
 WEIGHTS = "da3_tiny_weights.safetensors"
 CONDITIONER_PREFIX = "geometry_conditioner."

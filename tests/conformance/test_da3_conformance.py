@@ -23,8 +23,8 @@ from safetensors.torch import load_file
 
 from tests.conformance.da3_goldens import (CONDITIONER_PREFIX, FUSION_PREFIX, DA3Set, build_da3, build_encoder,
                                            build_fusion, da3_root, load_set)
-from xvla.export.model.da3 import DA3Config, DA3Net, load_da3_state_dict, pose_encoding
-from xvla.export.model.geometry import GeometryConditioner, GeometryConfig, GeometryCrossAttentionFusion
+from xvla.export.policies.xvla.model.da3 import DA3Config, DA3Net, load_da3_state_dict, pose_encoding
+from xvla.export.policies.xvla.model.geometry import GeometryConditioner, GeometryConfig, GeometryCrossAttentionFusion
 
 FEATURES = dict(atol=1e-4, rtol=1e-4)  # DA3 patch features (|x| up to ~6)
 TOKENS = dict(atol=1e-5, rtol=1e-4)  # camera tokens, pose encodings, conditioner / fusion outputs

@@ -20,8 +20,8 @@ from safetensors import safe_open
 from tests.conftest import conformance_root
 from tests.conformance.xvla_goldens import (checkpoint_names, load_checkpoint_goldens, load_set, max_abs,
                                             xvla_root)
-from xvla.export.checkpoint import TIED_KEY, skip_weight_init, weight_files
-from xvla.export.model import XVLA, ActionSpace, AutoActionSpace, XVLAConfig, timestep_embedding
+from xvla.export.policies.xvla.checkpoint import TIED_KEY, skip_weight_init, weight_files
+from xvla.export.policies.xvla.model import XVLA, ActionSpace, AutoActionSpace, XVLAConfig, timestep_embedding
 
 ATOL = 1e-5  # the bar (fp32 max abs) for every model output
 # Residual-stream intermediates (raw DaViT tokens, transformer block states) reach O(10-50);

@@ -20,8 +20,8 @@ def _trace_ahead(request):
     own graphs). Each later export swaps its own weights into the traced graphs. Only what
     the collected tests use is traced (``-k`` / single-file runs stay cheap).
     """
-    from xvla.export.bundle_writer import prefetch_templates, preset_model
-    from xvla.export.model import XVLAConfig
+    from xvla.export.policies.xvla.bundle_writer import prefetch_templates, preset_model
+    from xvla.export.policies.xvla.model import XVLAConfig
 
     used = set()
     for item in request.session.items:
@@ -37,7 +37,7 @@ def _trace_ahead(request):
         if fixture in used and preset in XVLAConfig.preset_names():
             prefetch_templates(preset_model(preset, 0), cache)
     yield
-    from xvla.export.onnx_export import shutdown_pool
+    from xvla.export.policies.xvla.onnx_export import shutdown_pool
 
     shutdown_pool(kill=True)  # a partial run must not wait for traces it never used
 

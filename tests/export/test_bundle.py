@@ -10,11 +10,12 @@ import pytest
 import torch
 
 from tests.bundles import export_cache_dir
-from xvla.export.bundle_writer import BundleExportError, export_bundle, preset_model
+from xvla.export.policies.xvla.bundle_writer import BundleExportError, export_bundle, preset_model
 from xvla.export.cli import main
-from xvla.export.graphs import GraphOptions, build_graph_specs
-from xvla.export.manifest import ManifestError, hash_bundle_files, validate_manifest
-from xvla.export.onnx_export import ort_session
+from xvla.export.policies.xvla.graphs import GraphOptions, build_graph_specs
+from xvla.core.manifest import BundleError as ManifestError
+from xvla.core.manifest import hash_bundle_files, validate_manifest
+from xvla.export.policies.xvla.onnx_export import ort_session
 
 
 def _manifest(bundle):
@@ -152,7 +153,7 @@ def test_trt_without_tensorrt_is_one_line_and_exit_2(tmp_path, capsys):
 
 
 def test_parity_failure_exits_1_and_writes_no_bundle(tmp_path, capsys, monkeypatch):
-    import xvla.export.bundle_writer as bw
+    import xvla.export.policies.xvla.bundle_writer as bw
 
     real = bw.torch_chunk
 

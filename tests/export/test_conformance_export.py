@@ -15,8 +15,8 @@ import pytest
 from tests.bundles import make_checkpoint_bundle
 from tests.conformance.xvla_goldens import checkpoint_names, load_checkpoint_goldens, load_set, xvla_root
 from tests.export.helpers import golden_export_options
-from xvla.export.parity import ManifestGraph, OrtRunner
-from xvla.runtime.flow_matching import flow_matching_chunk, postprocess_actions
+from xvla.export.policies.xvla.parity import ManifestGraph, OrtRunner
+from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions
 
 TOL = 1e-4
 

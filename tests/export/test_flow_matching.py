@@ -13,7 +13,7 @@ import numpy as np
 import pytest
 
 from tests.conformance.xvla_goldens import checkpoint_names, load_checkpoint_goldens, load_set, xvla_root
-from xvla.runtime.flow_matching import flow_matching_chunk, postprocess_actions, time_grid
+from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions, time_grid
 
 
 def _space(config: dict) -> dict:

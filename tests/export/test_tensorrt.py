@@ -9,8 +9,8 @@ import numpy as np
 import onnx
 import pytest
 
-from xvla.export.onnx_export import ort_session
-from xvla.export.parity import ManifestGraph
+from xvla.export.policies.xvla.onnx_export import ort_session
+from xvla.export.policies.xvla.parity import ManifestGraph
 from xvla.export.tensorrt_build import (FP32_OPS, attention_score_matmuls, lower_precision_onnx,
                                         ops_without_type)
 
@@ -92,7 +92,7 @@ def _require_trt_gpu():
 def test_tensorrt_engines_pass_the_parity_gate(tmp_path, precision):
     trt = _require_trt_gpu()
     from tests.bundles import export_cache_dir
-    from xvla.export.bundle_writer import export_bundle, preset_model
+    from xvla.export.policies.xvla.bundle_writer import export_bundle, preset_model
     from xvla.runtime.bundle import Bundle
 
     out = export_bundle(preset_model("tiny", 0), tmp_path / f"trt-{precision}", trt=True, precision=precision,

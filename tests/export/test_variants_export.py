@@ -9,11 +9,11 @@ import pytest
 import torch
 
 from tests.bundles import make_tiny_bundle
-from xvla.export.bundle_writer import preset_model
-from xvla.export.graphs import GraphOptions, build_graph_specs
-from xvla.export.manifest import validate_manifest
-from xvla.export.onnx_export import ort_session
-from xvla.export.parity import ManifestGraph, OrtRunner, engine_chunk, parity_inputs, torch_chunk
+from xvla.export.policies.xvla.bundle_writer import preset_model
+from xvla.export.policies.xvla.graphs import GraphOptions, build_graph_specs
+from xvla.export.policies.xvla.manifest import validate_manifest
+from xvla.export.policies.xvla.onnx_export import ort_session
+from xvla.export.policies.xvla.parity import ManifestGraph, OrtRunner, engine_chunk, parity_inputs, torch_chunk
 
 
 def _io(m, graph):
@@ -23,7 +23,7 @@ def _io(m, graph):
 
 @pytest.fixture(scope="module")
 def geo_bundle(export_root):
-    from xvla.export.model import XVLAConfig
+    from xvla.export.policies.xvla.model import XVLAConfig
 
     if "tiny-geo" not in XVLAConfig.preset_names():
         pytest.skip("the tiny-geo preset is not registered (geometry model not available)")
@@ -73,7 +73,7 @@ def test_geometry_graph_follows_the_poses(geo_bundle):
 
 @pytest.fixture(scope="module")
 def v20_bundle(export_root):
-    from xvla.export.model import XVLAConfig
+    from xvla.export.policies.xvla.model import XVLAConfig
 
     if "tiny-r1pro-v20" not in XVLAConfig.preset_names():
         pytest.skip("the tiny-r1pro-v20 preset is not registered")
@@ -105,7 +105,7 @@ def test_v20_engines_select_task_and_skill_inside_the_graph(v20_bundle):
     with torch.no_grad():  # the hubs are zero-initialised: give them content so the ids matter
         model.transformer.task_prompt_hub.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         model.transformer.skill_prompt_hub.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
-    from xvla.export.bundle_writer import export_bundle
+    from xvla.export.policies.xvla.bundle_writer import export_bundle
     from tests.bundles import export_cache_dir
 
     out = export_bundle(model, v20_bundle.parent / "v20-prompts", cache_dir=export_cache_dir())

@@ -15,7 +15,7 @@ import pytest
 import torch
 
 from tests.conftest import conformance_root
-from xvla.export.model.geometry import GeometryConfig, GeometryEncoder
+from xvla.export.policies.xvla.model.geometry import GeometryConfig, GeometryEncoder
 
 ort = pytest.importorskip("onnxruntime")
 

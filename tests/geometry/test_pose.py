@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from xvla.export.model import pose
+from xvla.core import pose
 
 POSE_FILE = Path(pose.__file__)
 

@@ -10,8 +10,8 @@ from safetensors.torch import load_file, save_file
 
 from tests.conftest import conformance_root
 from tests.model.helpers import noise, observation
-from xvla.export.model import XVLA, XVLAConfig
-from xvla.export.model.geometry import GeometryEncoder, geometry_encoder_of
+from xvla.export.policies.xvla.model import XVLA, XVLAConfig
+from xvla.export.policies.xvla.model.geometry import GeometryEncoder, geometry_encoder_of
 
 
 def _poses(b: int, seed: int):

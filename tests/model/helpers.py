@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import torch
 
-from xvla.export.model import XVLA, XVLAConfig
+from xvla.export.policies.xvla.model import XVLA, XVLAConfig
 
 
 def tiny_model(preset: str = "tiny", seed: int = 0, **overrides) -> XVLA:

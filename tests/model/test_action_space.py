@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xvla.export.model import (R1PRO_IDX_FOR_DELTA, AutoActionSpace, EE6DActionSpace, JointActionSpace,
+from xvla.export.policies.xvla.model import (R1PRO_IDX_FOR_DELTA, AutoActionSpace, EE6DActionSpace, JointActionSpace,
                                XVLAConfig, build_action_space)
 
 

@@ -10,8 +10,8 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from tests.model.helpers import observation, randomise_, tiny_model
-from xvla.export.checkpoint import INDEX_NAME, SHARED_KEY, TIED_KEY, WEIGHTS_NAME, CheckpointError
-from xvla.export.model import XVLA
+from xvla.export.policies.xvla.checkpoint import INDEX_NAME, SHARED_KEY, TIED_KEY, WEIGHTS_NAME, CheckpointError
+from xvla.export.policies.xvla.model import XVLA
 
 
 @pytest.fixture(scope="module")

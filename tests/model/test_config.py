@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import pytest
 
-from xvla.export.model import R1PRO_IDX_FOR_DELTA, XVLAConfig
+from xvla.export.policies.xvla.model import R1PRO_IDX_FOR_DELTA, XVLAConfig
 
 
 @pytest.mark.parametrize("name", XVLAConfig.preset_names())

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xvla.export.tokenizer import build_tiny_tokenizer, load_tokenizer, tokenize
+from xvla.export.policies.xvla.tokenizer import build_tiny_tokenizer, load_tokenizer, tokenize
 
 
 @pytest.fixture(scope="module")

@@ -6,7 +6,7 @@ import pytest
 import torch
 
 from tests.model.helpers import noise, observation, randomise_, tiny_model
-from xvla.export.model import XVLA
+from xvla.export.policies.xvla.model import XVLA
 
 
 @pytest.fixture(scope="module")

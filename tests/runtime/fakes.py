@@ -50,7 +50,7 @@ from pathlib import Path  # noqa: E402
 from typing import Callable, Sequence  # noqa: E402
 
 from xvla.runtime.bundle import Bundle  # noqa: E402
-from xvla.runtime.policy import Policy  # noqa: E402
+from xvla.runtime.policies.xvla.runtime import XVLAPolicy as Policy  # noqa: E402
 
 FAKE_T, FAKE_D = 8, 3
 FAKE_CAMERAS = ("head", "left_wrist")
@@ -72,7 +72,9 @@ def write_fake_tokenizer(d: Path) -> Path:
     return d
 
 
-def fake_manifest(skills: Sequence[dict] = (), gripper_dims=(FAKE_D - 1,), tasks: Sequence[dict] = ()) -> dict:
+def fake_manifest(skills: Sequence[dict] = (), gripper_dims=(FAKE_D - 1,), tasks: Sequence[dict] = (),
+                  domains: dict | None = None) -> dict:
+    """A format-1 manifest (upgraded on read, as old bundles are)."""
     return {
         "format_version": 1, "policy_kind": "xvla", "model_name": "fake",
         "action_space": {"mode": "auto", "dim": FAKE_D, "model_dim": FAKE_D, "num_actions": FAKE_T,
@@ -81,7 +83,7 @@ def fake_manifest(skills: Sequence[dict] = (), gripper_dims=(FAKE_D - 1,), tasks
         "preprocess": {"image_size": [8, 8], "resize_filter": "bilinear", "mean": [0.5] * 3, "std": [0.5] * 3,
                        "num_views": len(FAKE_CAMERAS), "camera_names": list(FAKE_CAMERAS), "max_text_len": 8,
                        "pad_token_id": 1, "proprio": {"dim": FAKE_D}},
-        "denoising": {"default_steps": 2}, "skills": list(skills), "tasks": list(tasks), "domains": {"default": 0},
+        "denoising": {"default_steps": 2}, "skills": list(skills), "tasks": list(tasks), "domains": dict(domains or {"default": 0}),
         "graphs": {"vlm": {"file": "vlm.onnx"}, "action": {"file": "action.onnx"}},
         "precision": "fp32", "max_batch": 8, "files": {}, "model_config": {"num_domains": 30},
     }
@@ -147,9 +149,9 @@ class FakeAction(Engine):
 
 
 def fake_policy(root: Path, vlm: FakeVLM | None = None, action: FakeAction | None = None,
-                skills: Sequence[dict] = (), route: str = "") -> Policy:
+                skills: Sequence[dict] = (), route: str = "", domains: dict | None = None) -> Policy:
     write_fake_tokenizer(root / "tokenizer")
-    bundle = Bundle(root=root, manifest=fake_manifest(skills))
+    bundle = Bundle(root=root, manifest=fake_manifest(skills, domains=domains))
     return Policy(bundle, {"vlm": vlm or FakeVLM(), "action": action or FakeAction()}, seed=0, route=route)
 
 

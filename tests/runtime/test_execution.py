@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xvla.runtime.execution import ActionPlan, ExecutionConfig, ExecutionMode, SkillChange, act_weights
-from xvla.runtime.inverse_postprocess import unpostprocess_actions
+from xvla.core.flow_matching import unpostprocess_actions
 
 T, D = 4, 2
 

@@ -15,7 +15,7 @@ from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.server import SERVICE_NAME, PolicyServer
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-from xvla.runtime.stream_client import run_stream, synthetic_observation
+from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 
 from .fakes import FAKE_CAMERAS, FAKE_D, FAKE_T, FakeAction, FakeVLM, fake_factory, fake_policy
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xvla.runtime.flow_matching import postprocess_actions
-from xvla.runtime.inverse_postprocess import unpostprocess_actions
-from xvla.runtime.policy import Observation, Timings
+from xvla.core.flow_matching import postprocess_actions
+from xvla.core.flow_matching import unpostprocess_actions
+from xvla.runtime.policies.base import Timings
+from xvla.runtime.policies.xvla.runtime import Observation
 
 from .fakes import FAKE_D, FAKE_SKILLS, FAKE_T, FakeAction, FakeVLM, fake_policy
 
@@ -87,11 +88,10 @@ def test_header_domain_unset_means_bundle_default(tmp_path):
 
     from xvla.proto import policy_pb2 as pb
     from xvla.runtime.execution import ExecutionConfig
-    from xvla.runtime.preprocess import InputError
+    from xvla.core.errors import InputError
     from xvla.runtime.session import resolve_header
 
-    pol = fake_policy(tmp_path / "p")
-    pol.bundle.manifest["domains"] = {"default": 19, "r1pro": 19}
+    pol = fake_policy(tmp_path / "p", domains={"default": 19, "r1pro": 19})
     svc = SimpleNamespace(gate_policy=pol, policies={"default": pol}, routes=None,
                           config=SimpleNamespace(control_rate_hz=30.0, execution=ExecutionConfig()))
     assert resolve_header(svc, pb.SessionHeader(task_id=-1)).domain_id == 19  # unset: the bundle's default

@@ -5,17 +5,17 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xvla.runtime.preprocess import (
-    CameraInput,
+from xvla.core.embodiments.r1pro import r1pro_state_from_proprio
+from xvla.core.errors import InputError
+from xvla.core.images import CameraInput, decode_image, resize_image
+from xvla.runtime.policies.base import ObservationInput, PolicySpec
+from xvla.runtime.policies.xvla.preprocess import (
     ImagePreprocessor,
-    InputError,
     InstructionTokenizer,
     ProprioPreprocessor,
-    decode_image,
-    resize_image,
     scale_intrinsics,
 )
-from xvla.runtime.r1pro import r1pro_state_from_proprio
+from xvla.runtime.wire import check_input, check_proprio
 
 SPEC = {"image_size": [4, 6], "resize_filter": "bicubic", "mean": [0.5, 0.5, 0.5], "std": [0.25, 0.25, 0.25],
         "num_views": 3, "camera_names": ["head", "left_wrist", "right_wrist"]}
@@ -23,7 +23,7 @@ SPEC = {"image_size": [4, 6], "resize_filter": "bicubic", "mean": [0.5, 0.5, 0.5
 
 @pytest.fixture(scope="module")
 def tiny_tokenizer_dir(tmp_path_factory):
-    from xvla.export.tokenizer import build_tiny_tokenizer
+    from xvla.export.policies.xvla.tokenizer import build_tiny_tokenizer
 
     return build_tiny_tokenizer(tmp_path_factory.mktemp("tok"), vocab_size=400)
 
@@ -31,7 +31,7 @@ def tiny_tokenizer_dir(tmp_path_factory):
 @pytest.mark.parametrize("text", ["pick up the red cup and place it on the plate", "", "Turn ON the radio. Current: "
                                   "pick up radio from coffee table.", "ünïcödé 🤖 words " * 20])
 def test_tokenizer_matches_transformers_bart(tiny_tokenizer_dir, text):
-    from xvla.export.tokenizer import load_tokenizer, tokenize
+    from xvla.export.policies.xvla.tokenizer import load_tokenizer, tokenize
 
     ours = InstructionTokenizer(tiny_tokenizer_dir, max_len=50)(text)
     ref = tokenize(load_tokenizer(tiny_tokenizer_dir), text, max_len=50)[0]
@@ -84,8 +84,10 @@ def test_images_view_order_mask_normalisation_and_intrinsics():
     assert np.all(out.image_input[1] == 0)  # masked view is zeros
     # 8x12 -> 4x6: every pixel quantity halves
     assert out.intrinsics[2] == pytest.approx(np.array([[5, 0, 3], [0, 10, 2], [0, 0, 1]], np.float32))
-    with pytest.raises(InputError, match="name"):
-        pre({"tail": CameraInput(white)})
+    spec = PolicySpec(kind="t", name="t", action_dim=23, horizon=1, camera_names=tuple(SPEC["camera_names"]),
+                      image_size=(4, 6), proprio_dims=(23,))
+    with pytest.raises(InputError, match=r"observation.cameras\[tail\].name"):  # validated before preprocessing
+        check_input(ObservationInput({"tail": CameraInput(white)}, np.zeros(23, np.float32)), spec)
 
 
 def test_scale_intrinsics_per_axis():
@@ -115,15 +117,15 @@ def test_proprio_preprocessor_accepts_23_and_256():
     assert pre.accepted_dims == [23, 256]
     assert pre(np.ones(23, np.float64)).dtype == np.float32
     assert pre(np.arange(256, dtype=np.float32))[0] == 253
-    with pytest.raises(InputError, match="observation.proprio.shape"):
-        pre(np.ones(20, np.float32))
+    with pytest.raises(InputError, match="observation.proprio.shape"):  # validated once, before preprocessing
+        check_proprio(np.ones(20, np.float32), pre.accepted_dims, "observation.proprio")
     with pytest.raises(InputError, match="NaN"):
-        pre(np.full(23, np.nan, np.float32))
+        check_proprio(np.full(23, np.nan, np.float32), pre.accepted_dims, "observation.proprio")
 
 
 def test_camera_pose_must_be_rigid():
     """A non-rigid or reflected extrinsic is refused with the field named, not passed to the geometry graph."""
-    from xvla.runtime.preprocess import InputError, check_pose
+    from xvla.core.pose import check_pose
 
     field = "observation.cameras[head].extrinsics"
     assert check_pose(np.eye(4), (4, 4), field).dtype == np.float32

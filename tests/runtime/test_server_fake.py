@@ -14,8 +14,8 @@ import pytest
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-from xvla.runtime.stream_client import run_stream, synthetic_observation
-from xvla.runtime.testing import serve_in_background
+from xvla.benchmarks.stream_client import run_stream, synthetic_observation
+from tests.support.serving import serve_in_background
 
 from .fakes import FAKE_CAMERAS, FAKE_D, FAKE_SKILLS, FAKE_T, FakeAction, FakeVLM, fake_factory, fake_policy
 
@@ -178,7 +178,7 @@ async def test_jpeg_png_at_any_size_and_float64_proprio(tmp_path):
         o = pb.Observation(frame_index=frame)
         o.cameras.add(name="head", image=pb.Image(encoding=pb.JPEG, data=jpeg))
         o.cameras.add(name="left_wrist", image=pb.Image(encoding=pb.PNG, data=png))
-        from xvla.runtime.wire import numpy_to_tensor
+        from xvla.core.tensors import numpy_to_tensor
         o.proprio.CopyFrom(numpy_to_tensor(np.full(FAKE_D, float(frame), np.float64)))  # float64 accepted
         return o
 
