@@ -8,6 +8,7 @@ demo: setup
 	HF_HUB_OFFLINE=1 .venv/bin/xvla-demo
 
 test: setup
+	.venv/bin/ruff check .
 	HF_HUB_OFFLINE=1 .venv/bin/python -m pytest -q -p no:cacheprovider tests
 
 proto: setup

@@ -28,12 +28,12 @@ from dataclasses import dataclass
 import numpy as np
 
 from xvla.agents.client import PolicyClient, RobotStream
-from xvla.core.embodiments import safe_action
-from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.robot import Robot, RobotObservation
 from xvla.agents.scheduling import raise_current_thread
 from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
+from xvla.core.embodiments import safe_action
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.core.tensors import tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 

@@ -15,9 +15,9 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from xvla.agents.robot import CameraPose, RobotObservation
 from xvla.core.embodiments import ActionLayout
 from xvla.core.embodiments.r1pro import R1PRO
-from xvla.agents.robot import CameraPose, RobotObservation
 
 # Intrinsics of the BEHAVIOR-1K R1Pro cameras at their native sizes (fx = fy, centred).
 HEAD_FOCAL_PX = 306.0  # at 720x720

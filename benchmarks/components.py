@@ -114,7 +114,13 @@ class TorchRunner(Runner):
         import torch
 
         from xvla.benchmarks.presets import build_model
-        from xvla.export.policies.xvla.graphs import ActionGraph, GeometryGraph, VLMGraph, model_has_geometry, model_has_prompts
+        from xvla.export.policies.xvla.graphs import (
+            ActionGraph,
+            GeometryGraph,
+            VLMGraph,
+            model_has_geometry,
+            model_has_prompts,
+        )
 
         if device == "cuda" and not torch.cuda.is_available():
             raise Skip("torch: CUDA is not available to this torch build")

@@ -20,8 +20,9 @@ from typing import Any, Callable, Optional
 
 import numpy as np
 
-from xvla.benchmarks.observations import CAMERAS, R1PRO_DOMAIN_ID, BenchObservation, observation_pool
+from xvla.benchmarks.observations import CAMERAS, BenchObservation, observation_pool
 from xvla.benchmarks.stats import Distribution
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 
 
 @dataclass
@@ -38,8 +39,8 @@ class E2EResult:
 def to_pb_observation(obs: BenchObservation, frame: int):
     import time
 
-    from xvla.proto import policy_pb2 as pb
     from xvla.core.tensors import encode_image_raw, numpy_to_tensor
+    from xvla.proto import policy_pb2 as pb
 
     o = pb.Observation(frame_index=frame, timestamp=time.monotonic())
     for c in CAMERAS:
@@ -70,8 +71,8 @@ def run_infer(target: str, pool: list[BenchObservation], n: int, warmup: int = 2
 
 
 def run_stream(target: str, pool: list[BenchObservation], n: int, rate_hz: float = 30.0) -> dict[str, Any]:
-    from xvla.proto import policy_pb2 as pb
     from xvla.benchmarks.stream_client import run_stream as stream
+    from xvla.proto import policy_pb2 as pb
 
     prebuilt = [to_pb_observation(o, 0) for o in pool]  # time the service, not numpy
 

@@ -52,7 +52,13 @@ def count_chunk_flops(preset: str, steps: int = 10, num_views: int = 3, image_si
     """Counts vlm, geometry and one action step of ``preset`` at batch 1 (meta device by default)."""
     import torch
 
-    from xvla.export.policies.xvla.graphs import ActionGraph, GeometryGraph, VLMGraph, model_has_geometry, model_has_prompts
+    from xvla.export.policies.xvla.graphs import (
+        ActionGraph,
+        GeometryGraph,
+        VLMGraph,
+        model_has_geometry,
+        model_has_prompts,
+    )
 
     model = model if model is not None else build_model(preset, device=device)
     model.requires_grad_(False)  # FlopCounterMode's module tracker hooks autograd for inputs that need grad

@@ -7,7 +7,6 @@ from dataclasses import dataclass
 import numpy as np
 
 from xvla.core.embodiments.r1pro import R1PRO_CAMERAS as CAMERAS
-from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 
 NATIVE_SIZES = {"head": (720, 720), "left_wrist": (480, 480), "right_wrist": (480, 480)}  # BEHAVIOR-1K R1Pro
 INSTRUCTION = "turn on the radio"

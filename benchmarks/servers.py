@@ -10,7 +10,8 @@ from pathlib import Path
 
 import psutil
 
-from xvla.runtime.serve_process import ServerProcess, child_env as _env, free_port, wait_serving
+from xvla.runtime.serve_process import ServerProcess, free_port, wait_serving
+from xvla.runtime.serve_process import child_env as _env
 from xvla.runtime.serve_process import start_xvla_serve as _start_xvla_serve
 
 __all__ = ["ServerProcess", "free_port", "metric_value", "process_of", "start_peer", "start_xvla_serve",

@@ -16,9 +16,9 @@ from typing import Callable, Sequence
 import grpc
 import numpy as np
 
+from xvla.core.tensors import encode_image_raw, numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
-from xvla.core.tensors import encode_image_raw, numpy_to_tensor, tensor_to_numpy
 
 
 @dataclass

@@ -127,7 +127,7 @@ def postprocess_actions(action: np.ndarray, proprio: Optional[np.ndarray],
 
 # ---------------------------------------------------------------------------------------------- inverse
 # The inverse of the action-space postprocess, for real-time chunking prefixes.
-# 
+#
 # RTC imposes already-committed robot actions on the denoising state of the next chunk,
 # which lives in the model's raw space (before sigmoid and before the delta decode). The
 # delta dims are re-encoded against the proprio of the observation the new chunk is planned

@@ -1,4 +1,7 @@
-"""``xvla-export``: an X-VLA checkpoint (or a seeded preset) -> a bundle the runtime serves.
+"""``xvla-export``: a policy checkpoint (or a seeded preset) -> a bundle the runtime serves.
+
+The checkpoint's ``config.json`` ``model_type`` (or the preset's name) picks the policy kind;
+the kind's exporter (``export/policies/<kind>/``) does the work.
 
     xvla-export CHECKPOINT_DIR -o BUNDLE_DIR [--trt] [--precision fp32|fp16|bf16] [--max-batch N]
                 [--opset N] [--steps N] [--unrolled] [--tokenizer DIR] ...
@@ -21,9 +24,9 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 
 
 def _preset_names() -> list[str]:
-    from xvla.export.policies.xvla.model import XVLAConfig
+    from xvla.export.policies import all_preset_names
 
-    return XVLAConfig.preset_names()
+    return all_preset_names()
 
 
 def _domain(text: str) -> tuple[str, int]:
@@ -99,33 +102,22 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
             print(f"xvla-export: {exc}", file=sys.stderr)
             return EXIT_USAGE
 
-    from xvla.export.policies.xvla.bundle_writer import BundleExportError, export_bundle, load_model, preset_model
-    from xvla.export.policies.xvla.parity import ParityError
+    from xvla.export.errors import BundleExportError, ParityError
+    from xvla.export.policies import kind_for_checkpoint, kind_for_preset, kind_module
     from xvla.export.progress import Reporter, RichReporter
     from xvla.export.tensorrt_build import TensorRTUnavailable
 
     reporter = Reporter() if args.quiet else RichReporter()
-    cameras = [c.strip() for c in args.camera_names.split(",")] if args.camera_names else None
     try:
         if args.preset is not None:
-            names = _preset_names()
-            if args.preset not in names:
-                print(f"xvla-export: error: unknown preset {args.preset!r}; known: {', '.join(names)}", file=sys.stderr)
+            kind = kind_for_preset(args.preset)
+            if kind is None:
+                print(f"xvla-export: error: unknown preset {args.preset!r}; known: {', '.join(_preset_names())}",
+                      file=sys.stderr)
                 return EXIT_USAGE
-            with reporter.step(f"build preset {args.preset} (seed {args.seed})"):
-                loaded = preset_model(args.preset, args.seed)
         else:
-            with reporter.step(f"load checkpoint {args.checkpoint}"):
-                loaded = load_model(args.checkpoint)
-        bundle = export_bundle(
-            loaded, args.out, tokenizer_dir=args.tokenizer, precision=args.precision, max_batch=args.max_batch,
-            opset=args.opset, parity=not args.no_parity, reporter=reporter, steps=args.steps,
-            unrolled=args.unrolled, num_views=args.num_views, camera_names=cameras,
-            domains=dict(args.domain) if args.domain else None, build_tokenizer=args.build_tokenizer,
-            parity_seed=args.parity_seed,
-            parity_providers=("CUDAExecutionProvider",) if args.parity_provider == "cuda" else ("CPUExecutionProvider",),
-            cache_dir=args.cache_dir, jobs=args.jobs, trt=args.trt, trt_opt_batch=args.opt_batch,
-            trt_workspace_gb=args.workspace_gb, trt_timing_cache=args.timing_cache, verbose=args.verbose)
+            kind = kind_for_checkpoint(args.checkpoint)
+        bundle = kind_module(kind).export_from_args(args, reporter)
     except ParityError as exc:
         print(f"xvla-export: {exc}", file=sys.stderr)
         print(f"xvla-export: no bundle written; the graphs and parity_report.json are in {args.out}.failed",
@@ -134,7 +126,7 @@ def main(argv: Optional[Sequence[str]] = None) -> int:
     except TensorRTUnavailable as exc:
         print(f"xvla-export: {exc}", file=sys.stderr)
         return EXIT_USAGE
-    except (BundleExportError, FileNotFoundError) as exc:
+    except (BundleExportError, FileNotFoundError, ValueError) as exc:
         print(f"xvla-export: error: {exc}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # noqa: BLE001 - one readable line, the traceback with -v

@@ -342,7 +342,8 @@ def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportO
     ``reference``/``inputs`` are the PyTorch chunk and its inputs from the ONNX gate (None with
     ``--no-parity``: the engines are then not checked either, and the section says so).
     """
-    from xvla.export.policies.xvla.parity import ParityError, check_parity, engine_chunk
+    from xvla.export.errors import ParityError
+    from xvla.export.policies.xvla.parity import check_parity, engine_chunk
     from xvla.export.tensorrt_runner import TrtRunner
 
     trt = require_tensorrt()

@@ -24,8 +24,8 @@ OUTPUTS = ("policy_pb2.py", "policy_pb2.pyi", "policy_pb2_grpc.py", "policy_pb2_
 
 def generate(out_dir: Path) -> list[Path]:
     """Runs protoc (grpc_tools) with mypy-protobuf typed stubs; returns the written files."""
-    from grpc_tools import protoc  # dev dependency: grpcio-tools
     import grpc_tools
+    from grpc_tools import protoc  # dev dependency: grpcio-tools
 
     # protoc finds the mypy-protobuf plugins on PATH; they live next to this interpreter.
     os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + os.environ.get("PATH", "")

@@ -18,8 +18,6 @@ from pathlib import Path
 from xvla.runtime.serve_process import start_xvla_serve, wait_serving
 
 
-
-
 def run_agent(target: str, seconds: float, rate: float, mode: str, console) -> int:
     """Runs the robot side as its own process, as on a robot computer: ``xvla-agent run``.
 

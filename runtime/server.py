@@ -17,10 +17,10 @@ import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha import reflection
 
+from xvla.core.errors import InputError
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.metrics import Metrics
-from xvla.core.errors import InputError
 from xvla.runtime.service import EngineWrapper, PolicyFactory, PolicyService, ServiceConfig
 from xvla.runtime.session import Session
 from xvla.runtime.skills import RoutingTable

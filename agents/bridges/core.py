@@ -30,8 +30,8 @@ from xvla.agents.client import (
     StreamClosed,
     StreamSession,
 )
-from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.agents.observation import ObservationEncoder
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.core.tensors import tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 

@@ -14,9 +14,10 @@ from typing import Any
 
 import numpy as np
 
-from xvla.benchmarks.observations import CAMERAS, R1PRO_DOMAIN_ID, BenchObservation
+from xvla.benchmarks.observations import CAMERAS, BenchObservation
 from xvla.benchmarks.peers import codecs
 from xvla.benchmarks.peers.server import LEROBOT_SERVICE
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 
 
 @dataclass

@@ -21,8 +21,7 @@ from typing import Callable
 
 import numpy as np
 
-from xvla.benchmarks.peers import STYLES
-from xvla.benchmarks.peers import codecs
+from xvla.benchmarks.peers import STYLES, codecs
 
 CAMERAS = ("head", "left_wrist", "right_wrist")
 LEROBOT_SERVICE = "xvla.bench.lerobot_style.AsyncInference"

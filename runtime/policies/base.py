@@ -1,6 +1,6 @@
 """The policy-kind boundary: what the session, the service and the server need from a policy family.
 
-A kind (X-VLA, DexVLA, a test's toy) implements :class:`PolicyRuntime` and registers it under its
+A kind (X-VLA, a diffusion VLA, a test's toy) implements :class:`PolicyRuntime` and registers it under its
 manifest ``policy_kind`` (``xvla.runtime.policies.register``). Everything outside ``policies/<kind>/``
 sees only these types: a :class:`PolicySpec` (what a session fixes once), an :class:`ObservationInput`
 (checked and decoded once by the session), an opaque prepared observation, optional
@@ -31,7 +31,7 @@ class PolicySpec:
     horizon: int
     camera_names: tuple[str, ...]
     image_size: tuple[int, int]  # the model's input size (H, W); robots may send any size
-    proprio_dims: tuple[int, ...]  # accepted proprio lengths (e.g. 23 and the raw 256 of the R1Pro)
+    proprio_dims: tuple[int, ...]  # accepted proprio lengths (e.g. a state and a robot's raw proprio)
     needs_pose: bool = False
     action_names: tuple[str, ...] = ()
     gripper_dims: tuple[int, ...] = ()  # never blended across chunks (newest wins)
@@ -116,7 +116,7 @@ class Chunk:
     skill_id: int = -1
     skill: str = ""
     progress: float = float("nan")
-    text: str = ""  # generated text (e.g. DexVLA's reasoning)
+    text: str = ""  # generated text (e.g. a reasoning VLA's sub-step)
     aux: dict[str, Any] = field(default_factory=dict)
 
 

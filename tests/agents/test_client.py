@@ -13,7 +13,14 @@ from grpc import aio
 
 from tests.agents.fake_server import FakeBehaviour, FakeServer
 from tests.agents.helpers import LoopThread, free_port
-from xvla.agents.client import AsyncPolicyClient, ClientConfig, PolicyClient, ServiceUnavailable, SessionRejected, TlsConfig
+from xvla.agents.client import (
+    AsyncPolicyClient,
+    ClientConfig,
+    PolicyClient,
+    ServiceUnavailable,
+    SessionRejected,
+    TlsConfig,
+)
 from xvla.agents.control_loop import default_header
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.sim_r1pro import SimR1Pro

@@ -10,7 +10,15 @@ import msgpack
 import numpy as np
 import pytest
 
-from xvla.agents.bridges.codecs import ArrayStyle, WireError, json_numpy_dumps, json_numpy_value, packb, unpackb, uses_style
+from xvla.agents.bridges.codecs import (
+    ArrayStyle,
+    WireError,
+    json_numpy_dumps,
+    json_numpy_value,
+    packb,
+    unpackb,
+    uses_style,
+)
 
 
 def test_openpi_style_round_trip_matches_openpi_layout():

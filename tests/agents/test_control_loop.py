@@ -10,22 +10,20 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.conftest import REALTIME
-
 from tests.agents.fake_server import FakeBehaviour, FakeServer, fake_action
 from tests.agents.helpers import free_port
+from tests.conftest import REALTIME
 from xvla.agents.backoff import BackoffConfig
 from xvla.agents.client import ClientConfig, PolicyClient
 from xvla.agents.control_loop import ControlLoop, LoopConfig
-from xvla.core.embodiments.r1pro import R1PRO
 from xvla.agents.sim_r1pro import SimR1Pro
 from xvla.agents.stats import FRESH, PLAN, SAFE
+from xvla.core.embodiments.r1pro import R1PRO
 
 REPO = Path(__file__).resolve().parents[2]
 RATE = 30.0

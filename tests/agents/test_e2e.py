@@ -19,9 +19,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from tests.conftest import REALTIME
-
 from tests.agents.helpers import LoopThread, free_port
+from tests.conftest import REALTIME
 from xvla.agents.client import ClientConfig, PolicyClient, ServiceUnavailable
 from xvla.agents.control_loop import ControlLoop, LoopConfig, default_header
 from xvla.agents.sim_r1pro import SimR1Pro

@@ -11,11 +11,11 @@ from PIL import Image  # test-only reference; the agent itself never imports pil
 from tests.agents.fake_server import FakePolicyService
 from xvla.agents.backoff import Backoff, BackoffConfig
 from xvla.agents.imaging import resize_rgb, scale_intrinsics
-from xvla.core.embodiments import PartKind, safe_action
-from xvla.core.embodiments.r1pro import R1PRO
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.sim_r1pro import SimR1Pro, SimR1ProConfig
 from xvla.agents.stats import FRESH, PLAN, SAFE, ControlStats
+from xvla.core.embodiments import PartKind, safe_action
+from xvla.core.embodiments.r1pro import R1PRO
 from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from xvla.benchmarks.closed_loop import FleetRun
-from xvla.benchmarks.machine import gpu_peak_tflops, theoretical_cpu_gflops, MachineInfo
+from xvla.benchmarks.machine import MachineInfo, gpu_peak_tflops, theoretical_cpu_gflops
 from xvla.benchmarks.peers import codecs
 from xvla.benchmarks.profiles import PROFILES, expected_memory_gib, get_profile
 from xvla.benchmarks.servers import metric_value

@@ -21,8 +21,16 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from tests.conformance.da3_goldens import (CONDITIONER_PREFIX, FUSION_PREFIX, DA3Set, build_da3, build_encoder,
-                                           build_fusion, da3_root, load_set)
+from tests.conformance.da3_goldens import (
+    CONDITIONER_PREFIX,
+    FUSION_PREFIX,
+    DA3Set,
+    build_da3,
+    build_encoder,
+    build_fusion,
+    da3_root,
+    load_set,
+)
 from xvla.export.policies.xvla.model.da3 import DA3Config, DA3Net, load_da3_state_dict, pose_encoding
 from xvla.export.policies.xvla.model.geometry import GeometryConditioner, GeometryConfig, GeometryCrossAttentionFusion
 

@@ -17,9 +17,8 @@ import pytest
 import torch
 from safetensors import safe_open
 
+from tests.conformance.xvla_goldens import checkpoint_names, load_checkpoint_goldens, load_set, max_abs, xvla_root
 from tests.conftest import conformance_root
-from tests.conformance.xvla_goldens import (checkpoint_names, load_checkpoint_goldens, load_set, max_abs,
-                                            xvla_root)
 from xvla.export.policies.xvla.checkpoint import TIED_KEY, skip_weight_init, weight_files
 from xvla.export.policies.xvla.model import XVLA, ActionSpace, AutoActionSpace, XVLAConfig, timestep_embedding
 

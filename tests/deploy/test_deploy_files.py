@@ -42,7 +42,7 @@ def test_serve_dockerfile_entrypoint_parses() -> None:
 
 
 def test_slurm_job_runs_xvla_serve_with_valid_flags() -> None:
-    line = next(l for l in (DEPLOY / "slurm" / "serve.sbatch").read_text().splitlines() if l.startswith("srun "))
+    line = next(s for s in (DEPLOY / "slurm" / "serve.sbatch").read_text().splitlines() if s.startswith("srun "))
     argv = shlex.split(line.replace('"$BUNDLE"', "/b").replace('"$PORT"', "50051"))
     assert argv[:2] == ["srun", "xvla-serve"]
     serve_parser().parse_args(argv[2:])

@@ -10,11 +10,10 @@ import pytest
 import torch
 
 from tests.bundles import export_cache_dir
-from xvla.export.policies.xvla.bundle_writer import BundleExportError, export_bundle, preset_model
+from xvla.core.manifest import BundleError, hash_bundle_files, validate_manifest
 from xvla.export.cli import main
+from xvla.export.policies.xvla.bundle_writer import BundleExportError, export_bundle, preset_model
 from xvla.export.policies.xvla.graphs import GraphOptions, build_graph_specs
-from xvla.core.manifest import BundleError as ManifestError
-from xvla.core.manifest import hash_bundle_files, validate_manifest
 from xvla.export.policies.xvla.onnx_export import ort_session
 
 
@@ -25,7 +24,7 @@ def _manifest(bundle):
 def test_preset_tiny_bundle_is_complete_and_passed_parity(tiny_cli_bundle):
     m = _manifest(tiny_cli_bundle)
     validate_manifest(m)
-    assert m["format_version"] == 1 and m["policy_kind"] == "xvla" and m["model_name"] == "tiny"
+    assert m["format_version"] == 2 and m["policy_kind"] == "xvla" and m["model_name"] == "tiny"
     assert m["source"] == {"kind": "preset", "preset": "tiny", "seed": 0}
     assert set(m["graphs"]) == {"vlm", "action"}
     for g in m["graphs"].values():
@@ -44,17 +43,23 @@ def test_preset_tiny_bundle_is_complete_and_passed_parity(tiny_cli_bundle):
 
 def test_manifest_records_the_contract(tiny_cli_bundle):
     m = _manifest(tiny_cli_bundle)
-    a = m["action_space"]
+    # the generic top level every policy kind shares
+    assert m["action"] == {"dim": 20, "horizon": 30, "names": [], "gripper_dims": [9, 19]} and m["embodiment"] is None
+    assert m["cameras"] == {"names": ["head", "left_wrist", "right_wrist"], "image_size": [224, 224], "needs_pose": False}
+    assert m["proprio"] == {"dims": [20]}
+    # X-VLA's own block
+    a = m["policy"]["action_space"]
     assert (a["mode"], a["dim"], a["model_dim"], a["num_actions"]) == ("ee6d", 20, 20, 30)
     assert a["gripper_dims"] == a["sigmoid_dims"] == [9, 19] and a["idx_for_delta"] == []
-    pre = m["preprocess"]
+    pre = m["policy"]["preprocess"]
     assert pre["image_size"] == [224, 224] and pre["num_views"] == 3
     assert pre["camera_names"] == ["head", "left_wrist", "right_wrist"]
     assert (pre["max_text_len"], pre["pad_token_id"], pre["resize_filter"]) == (50, 1, "bicubic")
     assert pre["geometry"] is None and pre["proprio"] == {"dim": 20}
-    assert m["denoising"] == {"default_steps": 10, "schedule": "x0_reflow"}
-    assert m["skills"] == [] and m["tasks"] == [] and m["domains"] == {"default": 0}
-    assert m["model_config"]["hidden_size"] == 32 and m["model_config"]["florence_config"]["projection_dim"] == 32
+    assert m["policy"]["denoising"] == {"default_steps": 10, "schedule": "x0_reflow"}
+    assert m["skills"] == [] and m["tasks"] == [] and m["policy"]["domains"] == {"default": 0}
+    cfg = m["policy"]["model_config"]
+    assert cfg["hidden_size"] == 32 and cfg["florence_config"]["projection_dim"] == 32
     assert m["exporter"]["onnx_opset"] == 20 and m["exporter"]["torch"] == torch.__version__.split("+")[0]
     io = {name: ([i["name"] for i in g["inputs"]], [o["name"] for o in g["outputs"]])
           for name, g in m["graphs"].items()}
@@ -105,24 +110,27 @@ def test_tampered_file_is_detected_at_load(tiny_cli_bundle, tmp_path):
 
 
 @pytest.mark.parametrize("mutate, field", [
-    (lambda m: m["action_space"].pop("dim"), "manifest.action_space"),
+    (lambda m: m["policy"]["action_space"].pop("dim"), "manifest.policy.action_space"),
+    (lambda m: m["policy"]["preprocess"].update(resize_filter="magic"), "manifest.policy.preprocess.resize_filter"),
+    (lambda m: m["cameras"].pop("names"), "manifest.cameras"),
+    (lambda m: m["action"].update(horizon=0), "manifest.action.horizon"),
     (lambda m: m["graphs"]["action"]["inputs"][0].update(shape=[30, 20]), "manifest.graphs.action.inputs.0.shape"),
     (lambda m: m["files"].update({"vlm.onnx": "not-a-hash"}), "manifest.files.vlm.onnx"),
     (lambda m: m.update(precision="fp8"), "manifest.precision"),
-    (lambda m: m["graphs"].pop("vlm"), "manifest.graphs"),
+    (lambda m: m.pop("policy"), "manifest"),
 ])
 def test_schema_names_the_bad_field(tiny_cli_bundle, mutate, field):
     m = _manifest(tiny_cli_bundle)
     mutate(m)
-    with pytest.raises(ManifestError, match=field.replace(".", r"\.")):
+    with pytest.raises(BundleError, match=field.replace(".", r"\.")):
         validate_manifest(m)
 
 
 def test_tokenizer_in_the_bundle_encodes_instructions(tiny_cli_bundle):
     """The runtime's own tokenizer loader (no transformers) reads the bundle's tokenizer."""
-    from xvla.runtime.preprocess import InstructionTokenizer
+    from xvla.runtime.policies.xvla.preprocess import InstructionTokenizer
 
-    m = _manifest(tiny_cli_bundle)
+    m = _manifest(tiny_cli_bundle)["policy"]
     assert m["tokenizer"]["dir"] == "tokenizer" and "vocab.json" in m["tokenizer"]["files"]
     tok = InstructionTokenizer(tiny_cli_bundle / "tokenizer", m["preprocess"]["max_text_len"],
                                m["preprocess"]["pad_token_id"])
@@ -130,6 +138,24 @@ def test_tokenizer_in_the_bundle_encodes_instructions(tiny_cli_bundle):
     assert ids.shape == (50,) and ids[0] == m["preprocess"]["bos_token_id"] and ids[-1] == 1
     assert 2 < int(np.argmax(ids == m["preprocess"]["eos_token_id"])) < 49
     assert ids.max() < m["model_config"]["florence_config"]["text_config"]["vocab_size"]
+
+
+def test_a_format_1_bundle_is_upgraded_on_read_and_an_unknown_format_says_how_to_re_export(tiny_cli_bundle, tmp_path):
+    from xvla.core.manifest import upgrade_manifest
+    from xvla.runtime.bundle import Bundle
+
+    m2 = _manifest(tiny_cli_bundle)
+    v1 = {k: v for k, v in m2.items() if k not in ("policy", "action", "cameras", "proprio", "embodiment")}
+    v1.update(m2["policy"], format_version=1)  # the layout bundles had before policy kinds were plug-ins
+    old = tmp_path / "old"
+    shutil.copytree(tiny_cli_bundle, old)
+    (old / "manifest.json").write_text(json.dumps(v1))
+    loaded = Bundle.load(old)
+    assert loaded.manifest == upgrade_manifest(m2) and (loaded.dim, loaded.horizon) == (20, 30)
+    v1["format_version"] = 7
+    (old / "manifest.json").write_text(json.dumps(v1))
+    with pytest.raises(BundleError, match="format_version 7 .*re-export the bundle"):
+        Bundle.load(old)
 
 
 def test_cli_usage_errors_exit_2(tmp_path, capsys):
@@ -181,7 +207,7 @@ def test_no_parity_is_recorded_as_not_run(tiny_cli_bundle, tmp_path, capsys):
     assert code == 0
     m = _manifest(out)
     assert m["parity"] is None and m["max_batch"] == 2 and m["source"]["seed"] == 2
-    assert m["preprocess"]["camera_names"] == ["front", "left", "right"] and m["domains"] == {"aloha": 3}
+    assert m["cameras"]["names"] == ["front", "left", "right"] and m["policy"]["domains"] == {"aloha": 3}
     assert "parity gate skipped" in capsys.readouterr().err
 
 

@@ -15,8 +15,8 @@ import pytest
 from tests.bundles import make_checkpoint_bundle
 from tests.conformance.xvla_goldens import checkpoint_names, load_checkpoint_goldens, load_set, xvla_root
 from tests.export.helpers import golden_export_options
-from xvla.export.policies.xvla.parity import ManifestGraph, OrtRunner
 from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions
+from xvla.export.policies.xvla.parity import ManifestGraph, OrtRunner
 
 TOL = 1e-4
 
@@ -40,7 +40,7 @@ def test_checkpoint_without_tokenizer_exports_without_one(exported):
     _, bundles = exported
     for name, bundle in bundles.items():
         m = json.loads((bundle / "manifest.json").read_text())
-        assert m["tokenizer"] is None and not (bundle / "tokenizer").exists()
+        assert m["policy"]["tokenizer"] is None and not (bundle / "tokenizer").exists()
         assert m["model_name"] == name and m["source"]["kind"] == "checkpoint"
         assert m["parity"]["passed"]
 
@@ -53,7 +53,7 @@ def test_engines_reproduce_the_goldens(exported):
         m = json.loads((bundle / "manifest.json").read_text())
         graphs = {k: ManifestGraph.from_manifest(v) for k, v in m["graphs"].items()}
         run = OrtRunner(bundle, graphs)
-        space = m["action_space"]
+        space = m["policy"]["action_space"]
         dm = space["model_dim"]
 
         vlm = run("vlm", {k: inputs[k] for k in ("image_input", "image_mask", "input_ids")})

@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
+from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions
 from xvla.export.policies.xvla.bundle_writer import preset_model
 from xvla.export.policies.xvla.graphs import GraphOptions, build_graph_specs, traced_parts
 from xvla.export.policies.xvla.parity import parity_inputs, torch_chunk
-from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions
 
 
 @pytest.fixture(scope="module")

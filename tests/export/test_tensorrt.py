@@ -11,8 +11,7 @@ import pytest
 
 from xvla.export.policies.xvla.onnx_export import ort_session
 from xvla.export.policies.xvla.parity import ManifestGraph
-from xvla.export.tensorrt_build import (FP32_OPS, attention_score_matmuls, lower_precision_onnx,
-                                        ops_without_type)
+from xvla.export.tensorrt_build import FP32_OPS, attention_score_matmuls, lower_precision_onnx, ops_without_type
 
 
 def _types(model):

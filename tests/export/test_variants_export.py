@@ -9,9 +9,9 @@ import pytest
 import torch
 
 from tests.bundles import make_tiny_bundle
+from xvla.core.manifest import validate_manifest
 from xvla.export.policies.xvla.bundle_writer import preset_model
 from xvla.export.policies.xvla.graphs import GraphOptions, build_graph_specs
-from xvla.export.policies.xvla.manifest import validate_manifest
 from xvla.export.policies.xvla.onnx_export import ort_session
 from xvla.export.policies.xvla.parity import ManifestGraph, OrtRunner, engine_chunk, parity_inputs, torch_chunk
 
@@ -27,8 +27,8 @@ def geo_bundle(export_root):
 
     if "tiny-geo" not in XVLAConfig.preset_names():
         pytest.skip("the tiny-geo preset is not registered (geometry model not available)")
-    from xvla.export.cli import main
     from tests.bundles import export_cache_dir
+    from xvla.export.cli import main
 
     out = export_root / "tiny-geo-cli"
     assert main(["--preset", "tiny-geo", "-o", str(out), "--cache-dir", str(export_cache_dir()), "-q"]) == 0
@@ -43,11 +43,12 @@ def test_tiny_geo_bundle_has_a_geometry_graph(geo_bundle):
     ins = {i["name"]: i for i in m["graphs"]["geometry"]["inputs"]}
     assert ins["extrinsics"]["shape"] == ["batch", 3, 4, 4] and ins["intrinsics"]["shape"] == ["batch", 3, 3, 3]
     tokens = m["graphs"]["geometry"]["outputs"][0]["shape"]
-    cfg = m["model_config"]
+    cfg = m["policy"]["model_config"]
     assert tokens == ["batch", cfg["geometry_conditioning"]["num_geometry_tokens"], cfg["hidden_size"]]
     assert _io(m, "action")[0][-1] == "geometry_tokens"
-    assert m["preprocess"]["geometry"] == {"process_res": 224, "intrinsics_scale": "per_axis",
-                                           "dataset_view_order": ["left_wrist", "right_wrist", "head"]}
+    assert m["policy"]["preprocess"]["geometry"] == {"process_res": 224, "intrinsics_scale": "per_axis",
+                                                     "dataset_view_order": ["left_wrist", "right_wrist", "head"]}
+    assert m["cameras"]["needs_pose"] is True
     p = m["parity"]
     assert p["passed"] and p["outputs"]["geometry_tokens"]["max_abs"] <= 1e-4
     assert p["outputs"]["actions"]["max_abs"] <= 1e-4
@@ -83,7 +84,7 @@ def v20_bundle(export_root):
 def test_v20_bundle_has_skill_heads_and_prompt_ids(v20_bundle):
     m = json.loads((v20_bundle / "manifest.json").read_text())
     validate_manifest(m)
-    cfg = m["model_config"]
+    cfg = m["policy"]["model_config"]
     assert _io(m, "vlm")[1] == ["vlm_features", "aux_visual_inputs", "skill_logits", "progress"]
     assert _io(m, "action")[0] == ["x_t", "t", "proprio", "vlm_features", "aux_visual_inputs", "domain_id",
                                    "task_id", "skill_id"]
@@ -91,10 +92,13 @@ def test_v20_bundle_has_skill_heads_and_prompt_ids(v20_bundle):
     assert outs["skill_logits"] == outs["progress"] == ["batch", cfg["num_skills"]]
     assert [s["id"] for s in m["skills"]] == list(range(cfg["num_skills"]))
     assert [t["id"] for t in m["tasks"]] == list(range(cfg["num_tasks"]))
-    a = m["action_space"]
+    a = m["policy"]["action_space"]
     assert (a["mode"], a["dim"], a["model_dim"]) == ("auto", 23, 23) and len(a["idx_for_delta"]) == 17
-    assert m["preprocess"]["proprio"] == {"dim": 23, "r1pro_raw_dim": 256}
-    assert m["domains"]["default"] == 19
+    assert m["policy"]["preprocess"]["proprio"] == {"dim": 23, "r1pro_raw_dim": 256}
+    assert m["policy"]["domains"]["default"] == 19
+    # the generic block carries the embodiment: R1Pro grippers are never blended, and the raw 256-d proprio is accepted
+    assert m["embodiment"] == "r1pro" and m["action"]["gripper_dims"] == [14, 22] and m["proprio"]["dims"] == [23, 256]
+    assert len(m["action"]["names"]) == 23 and m["action"]["names"][14] == "left_gripper"
     p = m["parity"]
     assert p["passed"] and {"skill_logits", "progress", "actions"} <= set(p["outputs"])
 
@@ -105,8 +109,8 @@ def test_v20_engines_select_task_and_skill_inside_the_graph(v20_bundle):
     with torch.no_grad():  # the hubs are zero-initialised: give them content so the ids matter
         model.transformer.task_prompt_hub.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(1))
         model.transformer.skill_prompt_hub.weight.normal_(0, 0.5, generator=torch.Generator().manual_seed(2))
-    from xvla.export.policies.xvla.bundle_writer import export_bundle
     from tests.bundles import export_cache_dir
+    from xvla.export.policies.xvla.bundle_writer import export_bundle
 
     out = export_bundle(model, v20_bundle.parent / "v20-prompts", cache_dir=export_cache_dir())
     m = json.loads((out / "manifest.json").read_text())
@@ -114,9 +118,9 @@ def test_v20_engines_select_task_and_skill_inside_the_graph(v20_bundle):
     specs = build_graph_specs(model, GraphOptions())
     feeds = parity_inputs(model, specs, batch=2, seed=5)
     run = OrtRunner(out, graphs)
-    base = engine_chunk(run, graphs, feeds, 4, m["action_space"])["actions"]
-    other = dict(feeds, skill_id=(feeds["skill_id"] + 1) % m["model_config"]["num_skills"])
-    moved = engine_chunk(run, graphs, other, 4, m["action_space"])["actions"]
+    base = engine_chunk(run, graphs, feeds, 4, m["policy"]["action_space"])["actions"]
+    other = dict(feeds, skill_id=(feeds["skill_id"] + 1) % m["policy"]["model_config"]["num_skills"])
+    moved = engine_chunk(run, graphs, other, 4, m["policy"]["action_space"])["actions"]
     ref = torch_chunk(model, other, 4)["actions"]
     assert np.abs(base - moved).max() > 1e-3
     np.testing.assert_allclose(moved, ref, rtol=0, atol=1e-4)

@@ -9,10 +9,10 @@ import torch
 import torch.nn.functional as F
 
 from xvla.export.policies.xvla.model.da3 import DA3Config, DA3Net, resolve_feature_layer, rotation_to_quaternion_xyzw
+from xvla.export.policies.xvla.model.da3.camera import pose_encoding
 from xvla.export.policies.xvla.model.da3.pos_embed import resize_pos_embed
 from xvla.export.policies.xvla.model.da3.rope import apply_rope, grid_positions, rope_tables
 from xvla.export.policies.xvla.model.geometry import DA3InlineEncoder, GeometryConfig
-from xvla.export.policies.xvla.model.da3.camera import pose_encoding
 
 
 # ----------------------------------------------------------------------------- quaternion

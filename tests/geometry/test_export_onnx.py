@@ -8,8 +8,6 @@ One export serves all checks (it dominates this file's runtime).
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pytest
 import torch

@@ -5,8 +5,14 @@ from __future__ import annotations
 import pytest
 import torch
 
-from xvla.export.policies.xvla.model import (R1PRO_IDX_FOR_DELTA, AutoActionSpace, EE6DActionSpace, JointActionSpace,
-                               XVLAConfig, build_action_space)
+from xvla.export.policies.xvla.model import (
+    R1PRO_IDX_FOR_DELTA,
+    AutoActionSpace,
+    EE6DActionSpace,
+    JointActionSpace,
+    XVLAConfig,
+    build_action_space,
+)
 
 
 @pytest.mark.parametrize("space", [EE6DActionSpace(), JointActionSpace()])

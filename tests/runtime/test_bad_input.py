@@ -8,13 +8,13 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.support.serving import serve_in_background
+from xvla.benchmarks.stream_client import run_stream, synthetic_observation
+from xvla.core.tensors import numpy_to_tensor
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-from xvla.benchmarks.stream_client import run_stream, synthetic_observation
-from tests.support.serving import serve_in_background
-from xvla.core.tensors import numpy_to_tensor
 
 from .fakes import FAKE_CAMERAS, FAKE_D, FAKE_SKILLS, FakeAction, FakeVLM, fake_factory, fake_policy
 

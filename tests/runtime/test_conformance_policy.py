@@ -11,7 +11,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xvla.runtime.policy import Policy
+from xvla.runtime import Policy
 
 pytestmark = pytest.mark.timeout(600)
 
@@ -46,7 +46,7 @@ def test_generate_actions_reproduces_goldens(conformance_bundles):
     for name, bundle in bundles.items():
         g = load_checkpoint_goldens(root, name)
         policy = Policy.load(bundle)
-        space = policy.bundle.action_space
+        space = policy.space
         dm = space["model_dim"]
         for steps in g.steps():
             got = policy.generate_actions(

@@ -7,8 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from xvla.runtime.execution import ActionPlan, ExecutionConfig, ExecutionMode, SkillChange, act_weights
 from xvla.core.flow_matching import unpostprocess_actions
+from xvla.runtime.execution import ActionPlan, ExecutionConfig, ExecutionMode, SkillChange, act_weights
 
 T, D = 4, 2
 

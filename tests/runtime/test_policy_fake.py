@@ -5,8 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from xvla.core.flow_matching import postprocess_actions
-from xvla.core.flow_matching import unpostprocess_actions
+from xvla.core.flow_matching import postprocess_actions, unpostprocess_actions
 from xvla.runtime.policies.base import Timings
 from xvla.runtime.policies.xvla.runtime import Observation
 
@@ -86,9 +85,9 @@ def test_act_takes_a_raw_observation(tmp_path):
 def test_header_domain_unset_means_bundle_default(tmp_path):
     from types import SimpleNamespace
 
+    from xvla.core.errors import InputError
     from xvla.proto import policy_pb2 as pb
     from xvla.runtime.execution import ExecutionConfig
-    from xvla.core.errors import InputError
     from xvla.runtime.session import resolve_header
 
     pol = fake_policy(tmp_path / "p", domains={"default": 19, "r1pro": 19})

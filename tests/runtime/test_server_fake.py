@@ -11,11 +11,11 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.support.serving import serve_in_background
+from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-from xvla.benchmarks.stream_client import run_stream, synthetic_observation
-from tests.support.serving import serve_in_background
 
 from .fakes import FAKE_CAMERAS, FAKE_D, FAKE_SKILLS, FAKE_T, FakeAction, FakeVLM, fake_factory, fake_policy
 

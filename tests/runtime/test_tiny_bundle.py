@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 
 from tests.conftest import REALTIME
-
+from tests.support.serving import serve_in_background, slow_engines
+from xvla.benchmarks.stream_client import run_stream, synthetic_observation
+from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
+from xvla.runtime import Policy
 from xvla.runtime.bundle import BundleError
-from xvla.runtime.policy import Policy
-from xvla.benchmarks.stream_client import run_stream, synthetic_observation
-from tests.support.serving import serve_in_background, slow_engines
-from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 
 pytestmark = pytest.mark.timeout(240)
 
@@ -96,10 +95,12 @@ async def test_infer_with_noise_equals_policy_generate_actions(tiny_bundle):
         async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
             resp = await pb_grpc.PolicyServiceStub(ch).Infer(
                 pb.InferRequest(session=header, observation=obs, noise=numpy_to_tensor(noise)), timeout=30)
+    from xvla.runtime.policies.base import ObservationInput, Timings
     from xvla.runtime.wire import decode_cameras
 
-    prep = policy.prepare(decode_cameras(obs), tensor_to_numpy(obs.proprio, "p"), "open the drawer")
-    domain = int(policy.bundle.manifest["policy"]["domains"]["default"])  # the header leaves domain_id unset: the bundle's default
+    prep = policy.prepare(ObservationInput(decode_cameras(obs), tensor_to_numpy(obs.proprio, "p"), "open the drawer"),
+                          Timings())
+    domain = policy.spec.default_domain  # the header leaves domain_id unset: the bundle's default
     ref = policy.generate_actions(prep.input_ids, prep.image_input, prep.image_mask, np.array([domain]), prep.proprio,
                                   steps=4, noise=noise[None], task_id=np.zeros(1, np.int64) if policy.needs_task else None)
     got = tensor_to_numpy(resp.actions, "actions")

@@ -26,12 +26,35 @@ from typing import Any, Optional, Sequence, Union
 
 import torch
 
+from xvla.export.errors import BundleExportError, ParityError
 from xvla.export.policies.xvla.graphs import GraphOptions, build_graph_specs, traced_parts
-from xvla.export.policies.xvla.manifest import DEFAULT_CAMERAS, MANIFEST_NAME, ManifestInputs, build_manifest, write_manifest
-from xvla.export.policies.xvla.onnx_export import (DEFAULT_OPSET, TemplateCache, TraceRequest, export_graph, graph_config_part,
-                          onnx_file_size, pool_started, rebuildable_from_config, template_key, trace_parallel)
-from xvla.export.policies.xvla.parity import (OrtRunner, ParityError, ParityReport, check_parity, engine_chunk, parity_inputs,
-                     torch_chunk)
+from xvla.export.policies.xvla.manifest import (
+    DEFAULT_CAMERAS,
+    MANIFEST_NAME,
+    ManifestInputs,
+    build_manifest,
+    write_manifest,
+)
+from xvla.export.policies.xvla.onnx_export import (
+    DEFAULT_OPSET,
+    TemplateCache,
+    TraceRequest,
+    export_graph,
+    graph_config_part,
+    onnx_file_size,
+    pool_started,
+    rebuildable_from_config,
+    template_key,
+    trace_parallel,
+)
+from xvla.export.policies.xvla.parity import (
+    OrtRunner,
+    ParityReport,
+    check_parity,
+    engine_chunk,
+    parity_inputs,
+    torch_chunk,
+)
 from xvla.export.progress import Reporter, human_bytes
 
 log = logging.getLogger(__name__)
@@ -43,10 +66,6 @@ TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json", "tokenizer_conf
 SKILLS_FILE = "skills.json"
 TASKS_FILE = "tasks.json"
 DOMAINS_FILE = "domains.json"
-
-
-class BundleExportError(RuntimeError):
-    """Bad export request (names the option) or an unusable destination."""
 
 
 @dataclass
@@ -292,7 +311,7 @@ def _export_loaded(loaded: LoadedModel, out_dir: Path, opts: ExportOptions, repo
             backend = "onnxruntime-" + opts.parity_providers[0].replace("ExecutionProvider", "").lower()
             with reporter.step(f"parity: {backend} chunk") as rec:
                 runner = OrtRunner(staging, graphs, providers=opts.parity_providers)
-                got = engine_chunk(runner, graphs, inputs, opts.steps, manifest["action_space"])
+                got = engine_chunk(runner, graphs, inputs, opts.steps, manifest["policy"]["action_space"])
                 report = check_parity(reference, got, backend=backend, steps=opts.steps, seed=opts.parity_seed,
                                       batch=opts.parity_batch, precision="fp32")
                 a = report.outputs["actions"]
@@ -309,7 +328,7 @@ def _export_loaded(loaded: LoadedModel, out_dir: Path, opts: ExportOptions, repo
             try:
                 manifest["tensorrt"] = build_bundle_engines(
                     staging, graphs, opts, reporter, reference=reference, inputs=inputs,
-                    action_space=manifest["action_space"])
+                    action_space=manifest["policy"]["action_space"])
             except ParityError as exc:
                 _fail(staging, out_dir, exc.report)
         manifest["export_seconds"] = round(time.perf_counter() - t_start, 2)

@@ -23,7 +23,6 @@ import numpy as np
 import torch
 
 from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions
-
 from xvla.export.policies.xvla.graphs import GraphSpec, TensorSpec
 
 # graph name -> feeds -> outputs
@@ -31,14 +30,6 @@ GraphRunner = Callable[[str, Mapping[str, np.ndarray]], Mapping[str, np.ndarray]
 
 ACTION_TOLERANCE = {"fp32": 1e-4, "trt-fp32": 1e-3, "fp16": 2e-2, "bf16": 5e-2}
 MIN_COSINE = {"fp32": 0.99999, "trt-fp32": 0.9999, "fp16": 0.999, "bf16": 0.995}
-
-
-class ParityError(RuntimeError):
-    """The engines disagree with the PyTorch model beyond tolerance (carries the report)."""
-
-    def __init__(self, report: "ParityReport") -> None:
-        super().__init__(f"parity gate failed ({report.backend}):\n{report.format()}")
-        self.report = report
 
 
 @dataclass

@@ -20,6 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xvla.core.errors import InputError
+from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions, unpostprocess_actions
 from xvla.core.images import CameraInput
 from xvla.runtime.bundle import Bundle
 from xvla.runtime.engines.base import Engine
@@ -32,10 +33,8 @@ from xvla.runtime.policies.base import (
     Timings,
     run_engine,
 )
-from xvla.core.flow_matching import flow_matching_chunk, postprocess_actions, unpostprocess_actions
 from xvla.runtime.policies.xvla.preprocess import ImagePreprocessor, InstructionTokenizer, ProprioPreprocessor
 from xvla.runtime.wire import check_input
-
 
 log = logging.getLogger(__name__)
 

@@ -7,9 +7,19 @@ See docs/geometry.md. Public names:
   pose_encoding, rotation_to_quaternion_xyzw, affine_inverse
 """
 
-from xvla.export.policies.xvla.model.da3.camera import CameraEncoder, affine_inverse, pose_encoding, rotation_to_quaternion_xyzw
+from xvla.export.policies.xvla.model.da3.camera import (
+    CameraEncoder,
+    affine_inverse,
+    pose_encoding,
+    rotation_to_quaternion_xyzw,
+)
 from xvla.export.policies.xvla.model.da3.config import DA3Config, resolve_feature_layer
-from xvla.export.policies.xvla.model.da3.loading import DA3LoadReport, detect_prefix, load_da3_safetensors, load_da3_state_dict
+from xvla.export.policies.xvla.model.da3.loading import (
+    DA3LoadReport,
+    detect_prefix,
+    load_da3_safetensors,
+    load_da3_state_dict,
+)
 from xvla.export.policies.xvla.model.da3.net import DA3Backbone, DA3Hub, DA3Net
 from xvla.export.policies.xvla.model.da3.vit import VisionTransformer
 
