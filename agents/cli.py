@@ -21,6 +21,7 @@ from google.protobuf import json_format
 
 from xvla.agents.backoff import BackoffConfig
 from xvla.agents.client import ClientConfig, PolicyClient, TlsConfig
+from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.proto import policy_pb2 as pb
 
 MODES = {
@@ -167,7 +168,7 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--max-request-mb", type=float, default=64.0,
                     help="requests above this get an error reply (default 64 MB)")
     br.add_argument("--bridge-reply-timeout", type=float, default=10.0, help="per-request wait for the service (default 10 s)")
-    br.add_argument("--domain-id", type=int, default=19, help="embodiment id (R1Pro: 19)")
+    br.add_argument("--domain-id", type=int, default=R1PRO_DOMAIN_ID, help=f"embodiment id (R1Pro: {R1PRO_DOMAIN_ID})")
     br.add_argument("--instruction", default="", help="task instruction for sessions")
     br.add_argument("--mode", choices=sorted(MODES), default="default", help="chunk execution mode")
     br.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")

@@ -17,7 +17,7 @@ import numpy as np
 
 from xvla.agents.robot import CameraPose, RobotObservation
 from xvla.core.embodiments import ActionLayout
-from xvla.core.embodiments.r1pro import R1PRO
+from xvla.core.embodiments.r1pro import R1PRO, R1PRO_CAMERAS
 
 # Intrinsics of the BEHAVIOR-1K R1Pro cameras at their native sizes (fx = fy, centred).
 HEAD_FOCAL_PX = 306.0  # at 720x720
@@ -58,7 +58,7 @@ class SimR1Pro:
     """Implements :class:`xvla.agents.robot.Robot`."""
 
     layout: ActionLayout = R1PRO
-    cameras = ("head", "left_wrist", "right_wrist")
+    cameras = R1PRO_CAMERAS
 
     def __init__(self, config: SimR1ProConfig | None = None) -> None:
         self.config = c = config or SimR1ProConfig()
