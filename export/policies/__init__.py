@@ -1,0 +1,1 @@
+"""Export side of each policy family: model code, graphs and manifest block, one folder per kind."""
