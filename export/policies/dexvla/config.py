@@ -92,6 +92,7 @@ class DexVLAConfig:
     using_film: bool = True
     with_llm_head: bool = True
     policy_head_type: str = "scale_dp_policy"
+    llm_loss_weight: float = 1.0
     # Pad id FiLM counts to find the first real token (official literal 151643 = Qwen2-VL <|endoftext|>).
     pad_token_id: int = 151643
     extra: dict[str, Any] = field(default_factory=dict, compare=False, repr=False)
@@ -153,7 +154,7 @@ def config_from_dict(raw: dict[str, Any], pad_token_id: int | None = None) -> De
     return DexVLAConfig(text=text, vision=vision, head=head, tokens=tokens,
                         using_film=bool(raw.get("using_film", True)),
                         with_llm_head=bool(raw.get("with_llm_head", True)),
-                        policy_head_type=head_type,
+                        policy_head_type=head_type, llm_loss_weight=float(raw.get("llm_loss_weight", 1.0)),
                         pad_token_id=151643 if pad_token_id is None else int(pad_token_id),
                         extra=raw)
 

@@ -22,6 +22,7 @@ from types import SimpleNamespace
 from typing import Optional
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 from transformers.models.qwen2_vl.configuration_qwen2_vl import Qwen2VLTextConfig, Qwen2VLVisionConfig
 from transformers.models.qwen2_vl.modeling_qwen2_vl import (
@@ -255,6 +256,35 @@ class DexVLAModel(nn.Module):
         film = self.film(gen.sequences, gen.hidden, input_ids.shape[1], gen.n_new)
         actions = self.sample_actions(film["action_hidden_states"], states, noise)
         return {"generation": gen, "film": film, "actions": actions}
+
+
+    # ---- training objective (reproduces the official loss; not used for serving) -----------------------
+    def training_loss(self, input_ids, attention_mask, labels, pixel_values, image_grid_thw, actions, states,
+                      is_pad, noise, timesteps) -> dict:
+        """Official ``forward(is_eval=False)``: LM cross-entropy + ScaleDP eps-MSE (noise/timesteps injected).
+
+        labels (B, L): -100 on pad + prompt, the answer ids after it; FiLM's reasoning span is every answer
+        row; noise (n_samples=1, B, T, A), timesteps (B,).
+        """
+        position_ids, _ = self.rope_index(input_ids, image_grid_thw, attention_mask)
+        embeds = self.embed(input_ids, self.image_embeds(pixel_values, image_grid_thw))
+        hidden, _ = self.model(embeds, attention_mask, position_ids)
+        logits = self.lm_head(hidden).float()
+        llm_loss = F.cross_entropy(logits[:, :-1].reshape(-1, logits.shape[-1]), labels[:, 1:].reshape(-1),
+                                   ignore_index=-100)
+        is_prompt = (labels == -100).int()
+        end = torch.argmax((is_prompt[:, :-1] ^ is_prompt[:, 1:]).float(), dim=1) + 1  # (B,) first answer row
+        rows = torch.arange(labels.shape[1], device=labels.device)[None]
+        start = (input_ids == self.cfg.pad_token_id).sum(dim=1, keepdim=True)
+        cond = film_condition(self.input_action_proj, self.reasoning_action_proj, self.reasoning_film, hidden,
+                              (rows >= start) & (rows < end[:, None]), rows >= end[:, None])["action_hidden_states"]
+        chunk = self.cfg.head.num_queries
+        actions, is_pad, noise = actions[:, :chunk], is_pad[:, :chunk], noise[0]
+        noisy = self.sampler.add_noise(actions, noise, timesteps)
+        eps = self.policy_head(noisy, timesteps, cond, states)
+        action_loss = (F.mse_loss(eps, noise, reduction="none") * ~is_pad.unsqueeze(-1)).mean()
+        return {"loss": action_loss + self.cfg.llm_loss_weight * llm_loss, "llm_loss": llm_loss,
+                "action_loss": action_loss}
 
 
 def unnormalize_min_max(actions: torch.Tensor, action_min: torch.Tensor, action_max: torch.Tensor) -> torch.Tensor:

@@ -41,6 +41,11 @@ class DDIMSampler:
         self.final_alpha_cumprod = torch.tensor(1.0)
         self.timesteps = leading_timesteps(num_train_timesteps, num_inference_steps)
 
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        """Forward diffusion q(x_t | x0) for per-sample timesteps t (B,) (training)."""
+        a = self.alphas_cumprod.to(x0.device)[t].to(x0.dtype).view(-1, *([1] * (x0.dim() - 1)))
+        return a ** 0.5 * x0 + (1 - a) ** 0.5 * noise
+
     def step(self, eps: torch.Tensor, t: int, x: torch.Tensor) -> torch.Tensor:
         """One deterministic DDIM update x_t -> x_{t - T//n} (eta = 0, x0 clipped to [-1, 1])."""
         prev_t = t - self.num_train_timesteps // self.num_inference_steps
