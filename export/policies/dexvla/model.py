@@ -192,6 +192,24 @@ class DexVLAModel(nn.Module):
         return {"last_hidden_state": last, "hidden_states_per_layer": torch.stack(per_layer),
                 "logits": self.lm_head(last).float()}
 
+    def prefill(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, image_embeds: torch.Tensor,
+                position_ids: torch.Tensor) -> tuple[torch.Tensor, KVCache]:
+        """Prompt -> last-layer rows (B, L, H) and the filled KV cache."""
+        cache = KVCache(len(self.model.layers))
+        hidden, _ = self.model(self.embed(input_ids, image_embeds), attention_mask, position_ids, cache)
+        return hidden, cache
+
+    def decode_step(self, tokens: torch.Tensor, attention_mask: torch.Tensor, rope_deltas: torch.Tensor,
+                    cache: KVCache) -> torch.Tensor:
+        """One token per sample (B,) at position ``cache length + rope_delta`` -> its row (B, 1, H).
+
+        attention_mask (B, cache length + 1) includes the new token; the cache grows by one.
+        """
+        b = tokens.shape[0]
+        pos = (cache.get_seq_length() + rope_deltas).view(1, b, 1).expand(3, b, 1)  # same on t/h/w streams
+        hidden, _ = self.model(self.model.embed_tokens(tokens[:, None]), attention_mask, pos, cache)
+        return hidden
+
     @torch.no_grad()
     def generate(self, input_ids: torch.Tensor, attention_mask: torch.Tensor, pixel_values: torch.Tensor,
                  image_grid_thw: torch.Tensor, max_new_tokens: int, eos_token_id: int,
@@ -200,11 +218,10 @@ class DexVLAModel(nn.Module):
         if max_new_tokens < 1:
             raise ValueError(f"max_new_tokens must be >= 1, got {max_new_tokens}")
         pad = eos_token_id if pad_token_id is None else pad_token_id
-        b, prompt_len = input_ids.shape
+        b = input_ids.shape[0]
         position_ids, rope_deltas = self.rope_index(input_ids, image_grid_thw, attention_mask)
-        embeds = self.embed(input_ids, self.image_embeds(pixel_values, image_grid_thw))
-        cache = KVCache(len(self.model.layers))
-        h, _ = self.model(embeds, attention_mask, position_ids, cache)  # (B, L, H)
+        h, cache = self.prefill(input_ids, attention_mask, self.image_embeds(pixel_values, image_grid_thw),
+                                position_ids)
         prefill = h
         rows, logits_steps, tokens = [h], [], []
         logits = self.lm_head(h[:, -1]).float()  # (B, V)
@@ -220,9 +237,7 @@ class DexVLAModel(nn.Module):
             if step == max_new_tokens - 1 or not bool(unfinished.any()):
                 break
             mask = torch.cat([mask, mask.new_ones(b, 1)], dim=1)
-            # decode position = cache_position + rope_deltas on all three streams
-            pos = (cache.get_seq_length() + rope_deltas).view(1, b, 1).expand(3, b, 1)
-            h, _ = self.model(self.model.embed_tokens(nxt[:, None]), mask, pos, cache)
+            h = self.decode_step(nxt, mask, rope_deltas, cache)
             rows.append(h)
             logits = self.lm_head(h[:, -1]).float()
         new_tokens = torch.stack(tokens, dim=1)
