@@ -1,6 +1,9 @@
 """DexVLA chunk latency per stage in PyTorch (vision, prefill, decode per token, FiLM + diffusion).
 
-    python -m xvla.benchmarks.dexvla_stages [--preset tiny-dexvla] [--batch 1] [--threads 1] [--repeats 20]
+    python -m xvla.benchmarks.dexvla_stages [--preset tiny-dexvla] [--batch 1] [--threads 1] [--repeats 20] [--onnx]
+
+With ``--onnx`` the same stages also run through the exported ONNX graphs in ONNX Runtime (CPU, same
+thread count; the export takes a few minutes) and the ORT / PyTorch ratio is reported per stage.
 
 Seeded random weights of a preset, three 224x224 cameras (the real DexVLA eval size would be 252x308),
 a fixed prompt; medians over ``--repeats`` runs after a warm-up. Prints JSON. Not a unit test.
@@ -85,6 +88,60 @@ def measure(name: str, batch: int, views: int, hw: int, text_tokens: int, new_to
             **{k: round(v, 3) for k, v in res.items()}}
 
 
+def measure_onnx(name: str, batch: int, views: int, hw: int, text_tokens: int, new_tokens: int, repeats: int,
+                 threads: int) -> dict:
+    import tempfile
+
+    import numpy as np
+    import onnxruntime as ort
+
+    from xvla.export.policies.dexvla.graphs import export_onnx, graphs
+    from xvla.runtime.policies.dexvla.sampling import DDIM
+
+    model = build_seeded(name, seed=0)
+    cfg, ids, mask, pv, grid, states, noise = _inputs(name, batch, views, hw, text_tokens)
+    pos, deltas = model.rope_index(ids, grid, mask)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    with tempfile.TemporaryDirectory() as tmp:
+        sess = {g.name: ort.InferenceSession(str(export_onnx(g, tmp)), opts, providers=["CPUExecutionProvider"])
+                for g in graphs(model, (hw // 14, hw // 14))}
+    n_layers = cfg.text.num_hidden_layers
+    pv_np = pv.numpy().reshape(batch * views, (hw // 14) ** 2, -1)
+    img = sess["vision"].run(None, {"pixel_values": pv_np})[0].reshape(batch, -1, cfg.text.hidden_size)
+    feeds = {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "position_ids": pos.numpy(), "image_embeds": img}
+    hidden, _, *kv = sess["prefill"].run(None, feeds)
+    tok = np.zeros((batch, 1), np.int64)
+
+    def decode_n() -> None:
+        m, cache = mask.numpy(), kv
+        for _ in range(new_tokens - 1):
+            m = np.concatenate([m, np.ones((batch, 1), np.int64)], axis=1)
+            p = np.ascontiguousarray(np.broadcast_to((cache[0].shape[2] + deltas.numpy()).reshape(1, batch, 1),
+                                                     (3, batch, 1)))
+            f = {"token": tok, "attention_mask": m, "position_ids": p}
+            f.update({f"past.k.{i}": cache[i] for i in range(n_layers)})
+            f.update({f"past.v.{i}": cache[n_layers + i] for i in range(n_layers)})
+            _, _, *cache = sess["decode"].run(None, f)
+
+    rows = np.concatenate([hidden, np.repeat(hidden[:, -1:], new_tokens - 1, axis=1)], axis=1)
+    r = np.arange(rows.shape[1])[None].repeat(batch, 0)
+    im, rm = (r < ids.shape[1]).astype(np.float32), (r >= ids.shape[1]).astype(np.float32)
+    ddim = DDIM(cfg.head.num_train_timesteps, cfg.head.num_inference_timesteps)
+
+    def diffusion() -> None:
+        cond = sess["condition"].run(None, {"hidden": rows, "input_mask": im, "reasoning_mask": rm,
+                                            "states": states.numpy()})[0]
+        ddim.sample(lambda x, t: sess["denoise"].run(None, {"x": x, "t": t, "cond_emb": cond})[0], noise.numpy())
+
+    return {
+        "vision_ms": _median_ms(lambda: sess["vision"].run(None, {"pixel_values": pv_np}), repeats),
+        "prefill_ms": _median_ms(lambda: sess["prefill"].run(None, feeds), repeats),
+        "decode_per_token_ms": _median_ms(decode_n, repeats) / max(1, new_tokens - 1),
+        "diffusion_ms": _median_ms(diffusion, repeats),
+    }
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--preset", default="tiny-dexvla")
@@ -95,9 +152,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--new-tokens", type=int, default=16)
     p.add_argument("--threads", type=int, default=1, help="intra-op threads (2 on a loaded 2-core box oversubscribes)")
     p.add_argument("--repeats", type=int, default=20)
+    p.add_argument("--onnx", action="store_true", help="also export the graphs and time them in ONNX Runtime")
     a = p.parse_args(argv)
     torch.set_num_threads(a.threads)
-    print(json.dumps(measure(a.preset, a.batch, a.views, a.image, a.text_tokens, a.new_tokens, a.repeats), indent=1))
+    res = measure(a.preset, a.batch, a.views, a.image, a.text_tokens, a.new_tokens, a.repeats)
+    if a.onnx:
+        ort_ms = measure_onnx(a.preset, a.batch, a.views, a.image, a.text_tokens, a.new_tokens, a.repeats, a.threads)
+        res["onnxruntime"] = {k: round(v, 3) for k, v in ort_ms.items()}
+        res["ort_over_torch"] = {k: round(v / res[k], 3) for k, v in ort_ms.items()}
+    print(json.dumps(res, indent=1))
     return 0
 
 
