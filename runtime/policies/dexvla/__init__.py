@@ -1,0 +1,1 @@
+"""DexVLA runtime side: torch-free preprocessing (prompt, images, M-RoPE positions)."""
