@@ -36,7 +36,8 @@ SKIPPED = {  # golden tensors we do not compare, and why
     "head.input.x_noisy", "head.input.t_per_sample", "sample.noise_init", "train.actions", "train.is_pad",
     "train.noise", "train.timesteps",  # injected inputs
     "prompt.input_ids", "prompt.attention_mask", "prompt.pixel_values", "prompt.image_grid_thw",
-    "train.input_ids", "train.attention_mask", "train.labels",  # processor outputs: tests/runtime/test_dexvla_preprocess.py
+    # processor outputs, compared in tests/runtime/test_dexvla_preprocess.py:
+    "train.input_ids", "train.attention_mask", "train.labels",
 }
 
 
@@ -138,7 +139,8 @@ def test_film_labels_and_condition(gold: DexVLASet, model):
     g = gold.g
     seq, hidden = g["gen.sequences"], g["gen.all_hidden_states"]
     n_new = torch.full((seq.shape[0],), seq.shape[1] - gold.prompt_len)
-    labels = torch.cat([torch.full((seq.shape[0], gold.prompt_len), -100.0), torch.ones(seq.shape[0], int(n_new[0]))], 1)
+    b = seq.shape[0]
+    labels = torch.cat([torch.full((b, gold.prompt_len), -100.0), torch.ones(b, int(n_new[0]))], 1)
     assert torch.equal(labels, g["film.labels"])
     with torch.no_grad():
         f = model.film(seq, hidden, gold.prompt_len, n_new)
@@ -149,12 +151,13 @@ def test_film_labels_and_condition(gold: DexVLASet, model):
 def test_scaledp_denoiser(gold: DexVLASet, model):
     g = gold.g
     head = model.policy_head
-    x, t, cond, st = g["head.input.x_noisy"], g["head.input.t_per_sample"], g["film.action_hidden_states"], g["input.state_normalized"]
+    x, t = g["head.input.x_noisy"], g["head.input.t_per_sample"]
+    cond, st = g["film.action_hidden_states"], g["input.state_normalized"]
     with torch.no_grad():
         close(head.t_embedder.freqs.float(), g["head.dbg.bf16_freq_table"], dict(atol=1e-6, rtol=0.0),
               name="head.dbg.bf16_freq_table")
-        close(timestep_frequencies(t, head.t_embedder.freqs), g["head.dbg.t_freq_per_sample"], dict(atol=1e-6, rtol=0.0),
-              name="head.dbg.t_freq_per_sample")
+        close(timestep_frequencies(t, head.t_embedder.freqs), g["head.dbg.t_freq_per_sample"],
+              dict(atol=1e-6, rtol=0.0), name="head.dbg.t_freq_per_sample")
         close(head.t_embedder(t), g["head.dbg.t_emb_per_sample"], HEAD, name="head.dbg.t_emb_per_sample")
         combine = head.combine(torch.cat([cond.squeeze(1), st], dim=-1))
         close(combine, g["head.dbg.combine_out"], HEAD, name="head.dbg.combine_out")
@@ -167,13 +170,15 @@ def test_ddim_schedule(gold: DexVLASet, model):
     g = gold.g
     assert torch.equal(model.sampler.timesteps, g["sample.timesteps"])
     assert model.sampler.timesteps.tolist() == gold.meta["scheduler"]["timesteps"]
-    close(model.sampler.alphas_cumprod, g["sample.alphas_cumprod"], dict(atol=1e-7, rtol=0.0), name="sample.alphas_cumprod")
+    close(model.sampler.alphas_cumprod, g["sample.alphas_cumprod"], dict(atol=1e-7, rtol=0.0),
+          name="sample.alphas_cumprod")
 
 
 def test_sampling_with_per_sample_noise(gold: DexVLASet, model):
     g = gold.g
     trace: dict = {}
-    acts = model.sample_actions(g["film.action_hidden_states"], g["input.state_normalized"], g["sample.noise_init"], trace)
+    cond, states = g["film.action_hidden_states"], g["input.state_normalized"]
+    acts = model.sample_actions(cond, states, g["sample.noise_init"], trace)
     close(acts, g["sample.actions_per_sample_noise"], ACTIONS, name="sample.actions_per_sample_noise")
     close(torch.stack(trace["x"], 1), g["sample.trace_x"], SAMPLE, name="sample.trace_x")
     close(torch.stack(trace["eps"], 1), g["sample.trace_eps"], SAMPLE, name="sample.trace_eps")
@@ -203,7 +208,8 @@ def test_training_loss(gold: DexVLASet, model):
     with torch.no_grad():
         out = model.training_loss(g["train.input_ids"], g["train.attention_mask"], g["train.labels"],
                                   g["prompt.pixel_values"], g["prompt.image_grid_thw"], g["train.actions"],
-                                  g["input.state_normalized"], g["train.is_pad"], g["train.noise"], g["train.timesteps"])
+                                  g["input.state_normalized"], g["train.is_pad"], g["train.noise"],
+                                  g["train.timesteps"])
     for k in ("loss", "llm_loss", "action_loss"):
         close(out[k].reshape(1), g[f"train.{k}"], LOSS, name=f"train.{k}")
 

@@ -61,7 +61,8 @@ def test_chat_template_file_renders_the_same(golden):
     template = json.loads((root / "tiny_model" / "chat_template.json").read_text())["chat_template"]
     n_views = g["input.images_uint8"].shape[0]
     task = meta["configs"]["set"]["tasks"][0]
-    messages = [{"role": "user", "content": [{"type": "image", "image": None}] * n_views + [{"type": "text", "text": task}]}]
+    content = [{"type": "image", "image": None}] * n_views + [{"type": "text", "text": task}]
+    messages = [{"role": "user", "content": content}]
     text = jinja2.Environment().from_string(template).render(messages=messages, add_generation_prompt=True)
     assert text == render_prompt(n_views, task)
 
