@@ -8,8 +8,8 @@ import json
 import pytest
 import torch
 
-from tests.conftest import conformance_root
 from tests.conformance.dexvla_goldens import dexvla_sets
+from tests.conftest import conformance_root
 from xvla.export.policies.dexvla.checkpoint import load_strict
 from xvla.export.policies.dexvla.config import VisionConfig, config_from_dict, load_config
 from xvla.export.policies.dexvla.presets import build_seeded
