@@ -8,6 +8,7 @@ import grpc
 import numpy as np
 import pytest
 
+from tests.runtime.fakes import FAKE_CAMERAS, FAKE_D, FAKE_SKILLS, FakeAction, FakeVLM, fake_factory, fake_policy
 from tests.support.serving import serve_in_background
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.core.tensors import numpy_to_tensor
@@ -15,8 +16,6 @@ from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-
-from .fakes import FAKE_CAMERAS, FAKE_D, FAKE_SKILLS, FakeAction, FakeVLM, fake_factory, fake_policy
 
 CAMS = [pb.CameraSpec(name=n, height=8, width=8) for n in FAKE_CAMERAS]
 RNG = np.random.default_rng(0)

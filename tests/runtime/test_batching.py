@@ -9,9 +9,8 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import pytest
 
+from tests.runtime.fakes import RecordingEngine
 from xvla.runtime.batching import BatchingEngine, Planners
-
-from .fakes import RecordingEngine
 
 
 def _call(batcher: BatchingEngine, planners: Planners, value: float, barrier: threading.Barrier | None, width: int = 3):

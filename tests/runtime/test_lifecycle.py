@@ -10,14 +10,13 @@ import numpy as np
 import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 
+from tests.runtime.fakes import FAKE_CAMERAS, FAKE_D, FAKE_T, FakeAction, FakeVLM, fake_factory, fake_policy
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.server import SERVICE_NAME, PolicyServer
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-
-from .fakes import FAKE_CAMERAS, FAKE_D, FAKE_T, FakeAction, FakeVLM, fake_factory, fake_policy
 
 CAMS = [pb.CameraSpec(name=n, height=8, width=8) for n in FAKE_CAMERAS]
 

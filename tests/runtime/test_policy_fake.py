@@ -5,11 +5,10 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
+from tests.runtime.fakes import FAKE_D, FAKE_SKILLS, FAKE_T, FakeAction, FakeVLM, fake_policy
 from xvla.core.flow_matching import postprocess_actions, unpostprocess_actions
 from xvla.runtime.policies.base import Timings
 from xvla.runtime.policies.xvla.runtime import Observation
-
-from .fakes import FAKE_D, FAKE_SKILLS, FAKE_T, FakeAction, FakeVLM, fake_policy
 
 
 def inputs(b=2):

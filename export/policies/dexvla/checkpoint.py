@@ -7,8 +7,8 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from .config import DexVLAConfig, load_config
-from .model import DexVLAModel
+from xvla.export.policies.dexvla.config import DexVLAConfig, load_config
+from xvla.export.policies.dexvla.model import DexVLAModel
 
 TIED_KEY = "lm_head.weight"
 

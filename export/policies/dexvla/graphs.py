@@ -32,8 +32,8 @@ import torch
 from torch import nn
 from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_vision
 
-from .film import film_condition
-from .model import DexVLAModel, KVCache
+from xvla.export.policies.dexvla.film import film_condition
+from xvla.export.policies.dexvla.model import DexVLAModel, KVCache
 
 OPSET = 20
 

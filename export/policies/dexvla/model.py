@@ -33,10 +33,10 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import (
     Qwen2VLRotaryEmbedding,
 )
 
-from .config import DexVLAConfig
-from .film import ActionProjector, FiLM, film_condition, film_masks
-from .sampler import DDIMSampler
-from .scaledp import ScaleDP
+from xvla.export.policies.dexvla.config import DexVLAConfig
+from xvla.export.policies.dexvla.film import ActionProjector, FiLM, film_condition, film_masks
+from xvla.export.policies.dexvla.sampler import DDIMSampler
+from xvla.export.policies.dexvla.scaledp import ScaleDP
 
 ATTN_IMPL = "sdpa"  # what the official `from_pretrained` picks
 

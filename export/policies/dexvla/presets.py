@@ -15,8 +15,8 @@ from dataclasses import replace
 
 import torch
 
-from .config import DexVLAConfig, ScaleDPConfig, TextConfig, TokenIds, VisionConfig
-from .model import DexVLAModel
+from xvla.export.policies.dexvla.config import DexVLAConfig, ScaleDPConfig, TextConfig, TokenIds, VisionConfig
+from xvla.export.policies.dexvla.model import DexVLAModel
 
 QWEN2VL_TOKENS = TokenIds(image_token_id=151655, video_token_id=151656, vision_start_token_id=151652,
                           vision_end_token_id=151653, bos_token_id=151643, eos_token_id=151645)

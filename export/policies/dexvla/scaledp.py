@@ -22,7 +22,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .config import ScaleDPConfig
+from xvla.export.policies.dexvla.config import ScaleDPConfig
 
 FREQ_EMBED_DIM = 256
 COMBINE_WIDTH = 1024  # hard-coded in the official head
