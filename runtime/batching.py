@@ -23,7 +23,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from xvla.runtime.engines.base import Engine, EngineError
+from xvla.runtime.engines.base import Engine, EngineError, StaticInputs
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +54,8 @@ class _Request:
     inputs: Mapping[str, np.ndarray]
     rows: int
     signature: tuple
+    static: StaticInputs | None = None  # the caller's resident inputs (used when it runs alone)
+    dynamic: Mapping[str, np.ndarray] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
@@ -98,14 +100,26 @@ class BatchingEngine(Engine):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_with_stats(inputs)[0]
 
-    def run_with_stats(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], BatchStats]:
+    def bind_static(self, inputs: Mapping[str, np.ndarray]) -> StaticInputs:
+        """The wrapped engine's handle: used as is when the call rides alone, its host arrays when merged."""
+        return self.engine.bind_static(inputs)
+
+    def run_bound(self, static: StaticInputs, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run_bound_with_stats(static, inputs)[0]
+
+    def run_bound_with_stats(self, static: StaticInputs, inputs: Mapping[str, np.ndarray]
+                             ) -> tuple[dict[str, np.ndarray], BatchStats]:
+        return self.run_with_stats({**static.arrays, **inputs}, static=static, dynamic=inputs)
+
+    def run_with_stats(self, inputs: Mapping[str, np.ndarray], static: StaticInputs | None = None,
+                       dynamic: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], BatchStats]:
         self.check_inputs(inputs)
         arrays = {k: np.asarray(v) for k, v in inputs.items() if k in set(self.input_names)}
         rows = {v.shape[0] if v.ndim else -1 for v in arrays.values()}
         if len(rows) != 1 or -1 in rows:
             raise EngineError(f"{self.info.graph}: inputs must share a leading batch axis, got "
                               f"{ {k: v.shape for k, v in arrays.items()} }")
-        req = _Request(arrays, rows.pop(), _signature(arrays))
+        req = _Request(arrays, rows.pop(), _signature(arrays), static, dynamic)
         with self._cond:
             if self._closed:
                 raise EngineError(f"{self.info.graph}: batcher closed")
@@ -155,11 +169,13 @@ class BatchingEngine(Engine):
     def _execute(self, batch: list[_Request]) -> None:
         start = time.perf_counter()
         try:
-            if len(batch) == 1:
-                feeds = dict(batch[0].inputs)
+            if len(batch) == 1 and batch[0].static is not None and batch[0].dynamic is not None:
+                out = self.engine.run_bound(batch[0].static, batch[0].dynamic)  # resident inputs stay resident
+            elif len(batch) == 1:
+                out = self.engine.run(dict(batch[0].inputs))
             else:
                 feeds = {k: np.concatenate([r.inputs[k] for r in batch], axis=0) for k in batch[0].inputs}
-            out = self.engine.run(feeds)
+                out = self.engine.run(feeds)
         except BaseException as exc:  # every waiter must hear about it
             for r in batch:
                 r.future.set_exception(exc)

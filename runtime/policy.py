@@ -20,7 +20,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xvla.runtime.bundle import Bundle
-from xvla.runtime.engines.base import Engine
+from xvla.runtime.engines.base import Engine, StaticInputs
 from xvla.runtime.preprocess import (
     CameraInput,
     ImagePreprocessor,
@@ -98,8 +98,20 @@ class Observation:
     skill_id: int | None = None
 
 
-def _run(engine: Engine, feeds: Mapping[str, np.ndarray], timings: Timings) -> dict[str, np.ndarray]:
-    """Runs an engine, booking batcher waits as queue_wait (BatchingEngine reports them)."""
+def _run(engine: Engine, feeds: Mapping[str, np.ndarray], timings: Timings,
+         static: StaticInputs | None = None) -> dict[str, np.ndarray]:
+    """Runs an engine, booking batcher waits as queue_wait (BatchingEngine reports them).
+
+    ``static`` (from ``engine.bind_static``) carries the inputs that do not change between calls.
+    """
+    if static is not None:
+        with_stats = getattr(engine, "run_bound_with_stats", None)
+        if with_stats is None:
+            return engine.run_bound(static, feeds)
+        out, stats = with_stats(static, feeds)
+        timings.queue_wait += stats.wait_ms
+        timings.batch_size = max(timings.batch_size, stats.batch_size)
+        return out
     with_stats = getattr(engine, "run_with_stats", None)
     if with_stats is None:
         return engine.run(feeds)
@@ -266,12 +278,6 @@ class Policy:
                 skill_id = np.argmax(encoded.skill_logits, axis=-1)
             feeds["skill_id"] = np.asarray(skill_id, np.int64).reshape(b)
         action_engine = self.engines["action"]
-
-        def step(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:  # t: [B] float32
-            feeds["x_t"] = x_t
-            feeds["t"] = t
-            return _run(action_engine, feeds, timings)["action"]
-
         t0 = time.perf_counter()
         p_len = 0 if prefix is None else int(prefix.shape[1])
         if not p_len and self._unrolled_steps == int(steps):
@@ -279,6 +285,16 @@ class Policy:
             feeds["x1"] = noise
             raw = _run(self.engines["chunk"], feeds, timings)["action"]
         else:
+            # The conditioning (VLM features, proprio, ids) is the same for every step: bound once per
+            # chunk, so a GPU engine uploads it once and each step only sends x_t and t.
+            binder = getattr(action_engine, "bind_static", None)
+            static = binder(feeds) if binder is not None else None
+
+            def step(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:  # t: [B] float32
+                if static is None:
+                    return _run(action_engine, {**feeds, "x_t": x_t, "t": t}, timings)["action"]
+                return _run(action_engine, {"x_t": x_t, "t": t}, timings, static)["action"]
+
             raw = flow_matching_chunk(step, noise, int(steps), prefix=prefix if p_len else None, prefix_len=p_len)
         t1 = time.perf_counter()
         actions = postprocess_actions(raw, proprio_m, self.bundle.action_space)

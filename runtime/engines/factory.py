@@ -69,4 +69,10 @@ def create_engine(
         precision=precision,
         trt_cache_dir=ort_trt_cache_dir(bundle),
         route=route,
+        input_shapes=graph_input_shapes(bundle, graph) if "tensorrt" in providers else None,
     )
+
+
+def graph_input_shapes(bundle: "Bundle", graph: str) -> dict[str, list]:
+    """The manifest's input shapes of ``graph`` (batch axis first): the TensorRT provider's profiles."""
+    return {str(i["name"]): list(i["shape"]) for i in (bundle.graphs.get(graph) or {}).get("inputs", [])}
