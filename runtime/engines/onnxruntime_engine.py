@@ -52,6 +52,11 @@ class ThreadPolicy:
     intra_op_threads: int
     spin: bool
     reason: str
+    probe: bool = False  # time 1 thread against intra_op_threads at load and keep the faster
+
+
+# Graphs up to this size (ONNX + external data) are cheap to load twice: their thread count is measured.
+PROBE_MAX_BYTES = 64 * 2**20
 
 
 def usable_cores() -> int:
@@ -63,7 +68,7 @@ def usable_cores() -> int:
 
 
 def thread_policy(first_provider: str, intra_op_threads: int = 0, spin: bool | None = None,
-                  cores: int | None = None) -> ThreadPolicy:
+                  cores: int | None = None, graph_bytes: int | None = None) -> ThreadPolicy:
     """One decision per machine instead of one fixed default.
 
     * GPU providers: 1 thread, no spin (the CPU only launches kernels).
@@ -72,6 +77,9 @@ def thread_policy(first_provider: str, intra_op_threads: int = 0, spin: bool | N
       the cores the event loop and the other graph need.
     * larger machines: all cores but one (the event loop answering robots) with spinning on, which
       saves the thread wake-up between the ~dozens of ops of a denoising step.
+    * a small graph (``graph_bytes`` <= PROBE_MAX_BYTES) is probed at load: one thread against the
+      pool above, the faster kept (waking a pool for a small op can cost more than it saves, e.g. the
+      tiny action step on a busy 2-core machine).
     ``XVLA_ORT_SPIN=0/1`` overrides the spin decision.
     """
     cores = usable_cores() if cores is None else max(1, int(cores))
@@ -83,11 +91,17 @@ def thread_policy(first_provider: str, intra_op_threads: int = 0, spin: bool | N
     if intra_op_threads:
         n = int(intra_op_threads)
         return ThreadPolicy(n, bool(spin) if spin is not None else False, f"--threads {n}")
+    probe = cores > 1 and graph_bytes is not None and graph_bytes <= PROBE_MAX_BYTES
     if cores <= 4:
         return ThreadPolicy(cores, bool(spin) if spin is not None else False,
-                            f"{cores} cores: all of them, no spinning")
+                            f"{cores} cores: all of them, no spinning", probe)
     return ThreadPolicy(cores - 1, True if spin is None else bool(spin),
-                        f"{cores} cores: one left to the event loop, spinning")
+                        f"{cores} cores: one left to the event loop, spinning", probe)
+
+
+def graph_size(path: Path) -> int:
+    """Bytes of an ONNX file plus its external-data files next to it (``<name>.data``)."""
+    return sum(p.stat().st_size for p in (path, path.with_name(path.name + ".data")) if p.is_file())
 
 
 def provider_name(flag: str) -> str:
@@ -179,20 +193,12 @@ class OnnxRuntimeEngine(Engine):
             )
         if not usable:
             usable = ["CPUExecutionProvider"]
-        opts = ort.SessionOptions()
-        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        policy = thread_policy(usable[0], intra_op_threads, spin)
-        opts.intra_op_num_threads = policy.intra_op_threads
-        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
-        opts.log_severity_level = 3
-        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if policy.spin else "0")
-        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
-        self.thread_policy = policy
+        policy = thread_policy(usable[0], intra_op_threads, spin, graph_bytes=graph_size(path))
         provider_list = [(p, _provider_options(p, trt_cache_dir, precision, input_shapes, max_batch)) for p in usable]
-        try:
-            self._session = ort.InferenceSession(str(path), sess_options=opts, providers=provider_list)
-        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
-            raise EngineError(f"{graph}: onnxruntime could not load {path.name}: {exc}") from exc
+        self._session = self._load(path, graph, policy.intra_op_threads, policy.spin, provider_list)
+        if policy.probe and policy.intra_op_threads > 1:
+            self._session, policy = self._probe_threads(path, graph, policy, provider_list)
+        self.thread_policy = policy
         got = self._session.get_providers()
         inactive = [p for p in usable if p not in got]
         if inactive and not allow_fallback:
@@ -222,6 +228,52 @@ class OnnxRuntimeEngine(Engine):
             extra={"providers": ",".join(got), "intra_op_threads": str(policy.intra_op_threads),
                    "spin": str(int(policy.spin))},
         )
+
+    def _load(self, path: Path, graph: str, threads: int, spin: bool, provider_list: list) -> Any:
+        ort = self._ort
+        opts = ort.SessionOptions()
+        opts.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        opts.intra_op_num_threads = int(threads)
+        opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+        opts.log_severity_level = 3
+        # Spinning pools take the cores the event loop and the other graph need on a small or shared
+        # machine; the thread policy decides (see thread_policy).
+        opts.add_session_config_entry("session.intra_op.allow_spinning", "1" if spin else "0")
+        opts.add_session_config_entry("session.inter_op.allow_spinning", "0")
+        try:
+            return ort.InferenceSession(str(path), sess_options=opts, providers=provider_list)
+        except Exception as exc:  # ORT raises its own Fail/InvalidGraph types
+            raise EngineError(f"{graph}: onnxruntime could not load {path.name}: {exc}") from exc
+
+    def _probe_threads(self, path: Path, graph: str, policy: ThreadPolicy, provider_list: list,
+                       rounds: int = 7) -> tuple[Any, ThreadPolicy]:
+        """Times the pool against one thread on zeros at batch 1 (interleaved, medians) -> the faster session."""
+        import time
+
+        pool = self._session
+        single = self._load(path, graph, 1, False, provider_list)
+        feeds = {}
+        for i in pool.get_inputs():
+            shape = [d if isinstance(d, int) and d > 0 else 1 for d in i.shape]
+            feeds[i.name] = np.zeros(shape, dtype=_ORT_TYPES.get(i.type, "float32"))
+        times: dict[int, list[float]] = {0: [], 1: []}
+        try:
+            for sess in (pool, single):
+                sess.run(None, feeds)  # warm-up
+            for _ in range(rounds):
+                for k, sess in ((0, pool), (1, single)):
+                    t0 = time.perf_counter()
+                    sess.run(None, feeds)
+                    times[k].append((time.perf_counter() - t0) * 1000.0)
+        except Exception as exc:  # noqa: BLE001 - a graph that cannot run on zeros keeps the policy's choice
+            log.info("engine %s: thread probe skipped (%s)", graph, exc)
+            return pool, policy
+        t_pool, t_one = float(np.median(times[0])), float(np.median(times[1]))
+        if t_one < 0.9 * t_pool:
+            return single, ThreadPolicy(1, False, f"probed: 1 thread {t_one:.2f} ms < {policy.intra_op_threads} "
+                                                  f"threads {t_pool:.2f} ms")
+        return pool, ThreadPolicy(policy.intra_op_threads, policy.spin,
+                                  f"{policy.reason}; probed {t_pool:.2f} ms vs 1 thread {t_one:.2f} ms")
 
     def _feed(self, name: str, value: np.ndarray) -> np.ndarray:
         arr = np.asarray(value)

@@ -120,3 +120,20 @@ def test_io_binding_keeps_static_inputs_bound(mad_onnx):
         got = eng.run_bound(static, {"x": x})["y"]
         np.testing.assert_allclose(got, eng.run({"x": x, "w": w, "c": c})["y"], rtol=1e-6)
         np.testing.assert_allclose(got, x * w + c, rtol=1e-6)
+
+
+def test_small_graphs_probe_one_thread_against_the_pool(mad_onnx, monkeypatch):
+    """The thread count of a small graph is measured at load on this machine, not assumed."""
+    from xvla.runtime.engines import onnxruntime_engine as oe
+
+    monkeypatch.delenv("XVLA_ORT_SPIN", raising=False)
+    monkeypatch.setattr(oe, "usable_cores", lambda: 2)
+    eng = OnnxRuntimeEngine(mad_onnx, "action", providers=["cpu"])
+    assert eng.thread_policy.reason.startswith("probed") or "probed" in eng.thread_policy.reason
+    assert eng.thread_policy.intra_op_threads in (1, 2)
+    assert eng.info.extra["intra_op_threads"] == str(eng.thread_policy.intra_op_threads)
+    x = np.ones((1, 3), np.float32)
+    np.testing.assert_allclose(eng.run({"x": x, "w": x, "c": x})["y"], 2 * x)
+    # big graphs and explicit --threads are not probed
+    assert not thread_policy(CPU, cores=2, graph_bytes=10 * 2**30).probe
+    assert thread_policy(CPU, intra_op_threads=2, cores=2, graph_bytes=1).probe is False
