@@ -142,7 +142,8 @@ class Policy:
         self.rng = np.random.default_rng(seed)
         self._action_inputs = set(self.engines["action"].input_names)
         chunk = bundle.graphs.get("chunk") or {}
-        self._unrolled_steps = int(chunk["steps"]) if "chunk" in self.engines and chunk.get("steps") else None
+        steps = getattr(self.engines.get("chunk"), "steps", None) or chunk.get("steps")
+        self._unrolled_steps = int(steps) if "chunk" in self.engines and steps else None
         self._vlm_outputs = set(self.engines["vlm"].output_names)
 
     # ------------------------------------------------------------------ construction
@@ -158,9 +159,14 @@ class Policy:
         route: str = "",
     ) -> "Policy":
         """Loads and checks a bundle and creates its engines. Unavailable providers raise unless allow_fallback."""
-        from xvla.runtime.engines.factory import create_engine
+        from xvla.runtime.engines.factory import create_engine, is_torch, parse_providers
 
         bundle = Bundle.load(bundle_dir, verify_hashes=verify)
+        flags = parse_providers(list(providers))
+        if is_torch(flags):  # lazily imported: torch (and xvla.export) only when asked for
+            from xvla.runtime.engines.torch_engine import create_torch_engines
+
+            return cls(bundle, create_torch_engines(bundle, flags[0], route=route), seed=seed, route=route)
         graphs = [g for g in ("vlm", "geometry", "action", "chunk") if g in bundle.graphs]
         engines = {g: create_engine(bundle, g, providers, allow_fallback, intra_op_threads, route=route) for g in graphs}
         return cls(bundle, engines, seed=seed, route=route)
