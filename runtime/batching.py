@@ -8,8 +8,11 @@ loops through the same batcher, their steps line up and every step is batched, n
 the first one.
 
 The window is bounded, and it closes early once every session that is currently planning
-is waiting in this batcher (``Planners``), so a lone robot never waits for company.
-Engine calls happen on the batcher's own thread, never on the asyncio event loop.
+is waiting in this batcher (``Planners``), so a lone robot never waits for company. A lone
+planner (the only one planning, nothing queued) runs its call inline on its own planning thread:
+no hand-off to the batcher thread and back (two thread wake-ups per denoising step, milliseconds
+each on a busy machine). Engine calls never run on the asyncio event loop, and never two at once
+on one engine (one execution lock for the inline path and the batcher thread).
 """
 
 from __future__ import annotations
@@ -92,6 +95,8 @@ class BatchingEngine(Engine):
         self.on_batch = on_batch  # (graph, batch_size, run_ms) -> None, e.g. metrics
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
+        self._exec = threading.Lock()  # one engine call at a time: the batcher thread or an inline caller
+        self.inline_calls = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{engine.info.graph}", daemon=True)
         self._thread.start()
@@ -120,12 +125,24 @@ class BatchingEngine(Engine):
             raise EngineError(f"{self.info.graph}: inputs must share a leading batch axis, got "
                               f"{ {k: v.shape for k, v in arrays.items()} }")
         req = _Request(arrays, rows.pop(), _signature(arrays), static, dynamic)
+        if self._alone() and self._exec.acquire(blocking=False):
+            try:
+                if self._alone():  # still nobody to batch with: skip the batcher thread
+                    self.inline_calls += 1
+                    self._run_batch([req])
+                    return req.future.result()
+            finally:
+                self._exec.release()
         with self._cond:
             if self._closed:
                 raise EngineError(f"{self.info.graph}: batcher closed")
             self._pending.append(req)
             self._cond.notify_all()
         return req.future.result()
+
+    def _alone(self) -> bool:
+        return (self.planners is not None and self.planners.active <= 1 and not self._pending
+                and not self._closed)
 
     # ------------------------------------------------------------------ batcher thread
     def _ready(self, first: _Request, now: float) -> bool:
@@ -167,6 +184,10 @@ class BatchingEngine(Engine):
             self._execute(batch)
 
     def _execute(self, batch: list[_Request]) -> None:
+        with self._exec:
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
         start = time.perf_counter()
         try:
             if len(batch) == 1 and batch[0].static is not None and batch[0].dynamic is not None:
