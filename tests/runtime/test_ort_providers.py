@@ -111,6 +111,9 @@ def test_io_binding_keeps_static_inputs_bound(mad_onnx):
     import onnxruntime as ort
 
     eng = OnnxRuntimeEngine(mad_onnx, "action", providers=["cpu"], intra_op_threads=1)
+    plain = eng.bind_static({"w": np.ones((2, 3), np.float32)})
+    assert plain.backing is None  # CPU: host arrays, session.run (IO binding only pays off on a GPU)
+    eng.io_binding_on_cpu = True  # the GPU path's code, on the CPU provider
     rng = np.random.default_rng(0)
     w, c = rng.standard_normal((2, 3), dtype=np.float32), rng.standard_normal((2, 3), dtype=np.float32)
     static = eng.bind_static({"w": w, "c": c.astype(np.float64)})  # cast once, here
