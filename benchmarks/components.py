@@ -2,8 +2,10 @@
 
 Backends (each skipped with a reason when it cannot run here, never silently replaced):
 
-* ``torch``        PyTorch eager on the exported graph modules (fp16/bf16 through autocast);
-                   on CUDA every sample ends with ``torch.cuda.synchronize()``.
+* ``torch``        PyTorch eager on the exported graph modules; fp16/bf16 cast the model ONCE
+                   (autocast over fp32 weights re-casts every weight at every timed call); on CUDA
+                   inputs live on the GPU (``io=device``) and every sample ends with
+                   ``torch.cuda.synchronize()``.
 * ``ort-cpu``      ONNX Runtime, CPU provider, the bundle's graphs (ORT's defaults, as the runtime uses them).
 * ``ort-cpu-nospin`` the same with ``session.intra_op.allow_spinning=0``: idle sessions' threads
                    stop spin-waiting, so the VLM and action sessions do not fight for the cores.
@@ -22,7 +24,6 @@ the action graph ``steps`` times, postprocess), inputs and outputs on the host.
 from __future__ import annotations
 
 import abc
-import contextlib
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,6 +99,10 @@ class Runner(abc.ABC):
     def memory_gib(self) -> Optional[float]:
         return None
 
+    def reset_memory(self) -> None:
+        """Called before every case, so ``memory_gib`` is that case's peak, not the runner's."""
+        return None
+
     def close(self) -> None:
         return None
 
@@ -127,24 +132,27 @@ class TorchRunner(Runner):
         if device == "cpu" and precision == "fp16":
             raise Skip("torch: fp16 eager on the CPU is not a serving configuration")
         self.torch, self.device = torch, device
+        self.io = "device" if device == "cuda" else "host"  # the tensors are made on the device before timing
         self.provider = torch.cuda.get_device_name(0) if device == "cuda" else f"cpu x{torch.get_num_threads()} threads"
-        if device == "cuda":
-            torch.cuda.reset_peak_memory_stats()
+        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
         self.model = build_model(preset, seed=seed, device=device)
+        if self.dtype is not None:
+            self.model = self.model.to(self.dtype)  # once: no per-call re-cast of the fp32 weights
         prompts = model_has_prompts(self.model)
         geometry = model_has_geometry(self.model)
         self.modules = {"vlm": VLMGraph(self.model), "action": ActionGraph(self.model, prompts, geometry)}
         if geometry:
             self.modules["geometry"] = GeometryGraph(self.model)
-        self.dtype = {"fp32": None, "fp16": torch.float16, "bf16": torch.bfloat16}[precision]
 
-    def _autocast(self):
-        if self.dtype is None:
-            return contextlib.nullcontext()
-        return self.torch.autocast(device_type=self.device, dtype=self.dtype)
+    def io_for(self, stage: str) -> str:
+        return self.io  # chunk included: its inputs are device tensors too
 
     def _tensors(self, feeds: Mapping[str, np.ndarray]) -> dict[str, Any]:
-        return {k: self.torch.from_numpy(np.ascontiguousarray(v)).to(self.device) for k, v in feeds.items()}
+        out = {}
+        for k, v in feeds.items():
+            t = self.torch.from_numpy(np.ascontiguousarray(v)).to(self.device)
+            out[k] = t.to(self.dtype) if self.dtype is not None and t.is_floating_point() else t
+        return out
 
     def prepare(self, stage: str, batch: int) -> Callable[[], object]:
         torch = self.torch
@@ -153,7 +161,7 @@ class TorchRunner(Runner):
             model, steps = self.model, self.steps
 
             def chunk() -> object:
-                with torch.inference_mode(), self._autocast():
+                with torch.inference_mode():
                     return model.generate_actions(t["input_ids"], t["image_input"], t["image_mask"], t["domain_id"],
                                                   t["proprio"], steps=steps, noise=t["noise"],
                                                   task_id=t.get("task_id"), skill_id=t.get("skill_id"),
@@ -166,7 +174,7 @@ class TorchRunner(Runner):
         module = self.modules[graph]
 
         def call() -> object:
-            with torch.inference_mode(), self._autocast():
+            with torch.inference_mode():
                 return module(*args)
         return call
 
@@ -178,6 +186,10 @@ class TorchRunner(Runner):
         if self.device == "cuda":
             return round(self.torch.cuda.max_memory_allocated() / 2**30, 3)
         return None
+
+    def reset_memory(self) -> None:
+        if self.device == "cuda":
+            self.torch.cuda.reset_peak_memory_stats()
 
     def close(self) -> None:
         self.model = None
@@ -423,6 +435,7 @@ def run_components(cfg: ComponentConfig, manifest: Mapping[str, Any], flops: Opt
                         if progress:
                             progress(f"{cfg.preset} {backend} {precision} {stage} b={batch}")
                         try:
+                            runner.reset_memory()
                             fn = runner.prepare(stage, batch)
                             run = time_call(fn, warmup=cfg.warmup, iters=cfg.iters, sync=runner.sync,
                                             max_seconds=cfg.max_seconds_per_case)

@@ -75,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
                    help="graphs traced in parallel processes (default: one per graph, up to the CPU count)")
     trt = p.add_argument_group("TensorRT")
     trt.add_argument("--trt", action="store_true", help="also build TensorRT engines (needs TensorRT and a GPU)")
-    trt.add_argument("--opt-batch", type=int, default=1, help="batch TensorRT optimises for (default 1)")
+    trt.add_argument("--opt-batch", type=int, default=None,
+                     help="batch TensorRT optimises its bucket for (default: each bucket's top, 1/4/8/16/..)")
+    trt.add_argument("--trt-fp32-attention", action="store_true",
+                     help="keep q.k^T and Softmax in fp32 (no fused attention; for fp16 graphs whose scores overflow)")
     trt.add_argument("--workspace-gb", type=float, default=8.0, help="TensorRT builder workspace (GiB, 8)")
     trt.add_argument("--timing-cache", type=Path, default=None,
                      help="TensorRT timing cache file (default BUNDLE_DIR/engines/timing.cache)")

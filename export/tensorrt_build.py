@@ -2,14 +2,20 @@
 
 * ``import tensorrt`` is lazy: the exporter works without it, and ``--trt`` without it is a
   one-line error with the install command (exit code 2), before any slow work starts.
-* One optimisation profile per engine, batch 1..max_batch (opt at ``trt_opt_batch``).
+* One optimisation profile per batch bucket (1, 2-4, 5-8, ... up to max_batch, see
+  :mod:`xvla.core.batch_profiles`), each tuned at its top (or at ``trt_opt_batch``): a batched
+  call never runs batch-1 tactics. The runtime engine picks the profile per call.
 * Precision. TensorRT 10 has builder flags: fp16/bf16 set ``FP16``/``BF16`` and pin the
-  overflow-prone layers to fp32 with ``OBEY_PRECISION_CONSTRAINTS`` (layer norms, softmax,
-  reductions, and the attention-score matmul feeding a softmax); fp32 CLEARS ``TF32`` so
-  fp32 engines are really fp32. TensorRT 11 builds strongly typed networks only (the flags
-  are gone): the types come from the ONNX file, so fp16/bf16 engines are built from a
-  low-precision copy of the graph (:func:`lower_precision_onnx`) that keeps the same ops in
-  fp32 behind Cast nodes. ``strongly_typed=True`` selects that path on TensorRT 10 too.
+  overflow-prone layers to fp32 with ``OBEY_PRECISION_CONSTRAINTS`` (layer norms and
+  reductions). Attention (q.k^T, Softmax, .v) stays in low precision by default: TensorRT's
+  fused attention needs fp16/bf16 inputs to both batched matmuls, and pinning them adds
+  reformat kernels around every attention; ``fp32_attention=True`` (``--trt-fp32-attention``)
+  pins them again for an fp16 graph whose scores overflow (the parity gate catches that).
+  TensorRT 11 builds strongly typed networks only (the precision flags are gone): the types
+  come from the ONNX file, so fp16/bf16 engines are built from a low-precision copy of the
+  graph (:func:`lower_precision_onnx`) that keeps the same ops in fp32 behind Cast nodes.
+  ``strongly_typed=True`` selects that path on TensorRT 10 too. fp32 CLEARS ``TF32`` on both
+  paths (strongly typed networks still honour the TF32 flag), so fp32 engines are really fp32.
 * A timing cache (``engines/timing.cache`` or ``--timing-cache``) makes rebuilds fast.
 * The TensorRT version, GPU name and compute capability go into the manifest; the runtime
   refuses plans built elsewhere.
@@ -31,8 +37,10 @@ INSTALL_HINT = ("TensorRT is not installed: pip install tensorrt-cu12 cuda-pytho
                 "for CUDA 13) on a machine with an NVIDIA GPU, then re-run with --trt")
 
 # ONNX ops kept in fp32 in low precision (the strongly typed path).
-FP32_OPS = ("LayerNormalization", "Softmax", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp",
+FP32_OPS = ("LayerNormalization", "ReduceMean", "ReduceSum", "ReduceMax", "Pow", "Sqrt", "Exp",
             "Sin", "Cos", "Range", "Attention", "Erf", "Reciprocal")
+# ... and with fp32_attention=True also these (plus the q.k^T MatMuls feeding them).
+ATTENTION_OPS = ("Softmax",)
 _PASS_THROUGH_OPS = ("Mul", "Div", "Add", "Sub", "Cast", "Where", "Reshape", "Transpose")
 
 
@@ -96,11 +104,12 @@ def attention_score_matmuls(model: Any) -> list[str]:
     return sorted(set(found))
 
 
-def lower_precision_onnx(src: Path, dst: Path, precision: str) -> Path:
+def lower_precision_onnx(src: Path, dst: Path, precision: str, fp32_attention: bool = False) -> Path:
     """fp32 graph -> fp16/bf16 graph for a strongly typed TensorRT network.
 
     Inputs/outputs stay fp32 (the runtime's contract does not change with precision); ops in
-    :data:`FP32_OPS` and the attention-score MatMuls run in fp32 behind Cast nodes. fp16 uses
+    :data:`FP32_OPS` run in fp32 behind Cast nodes; with ``fp32_attention`` so do Softmax and the
+    attention-score MatMuls (off by default: it rules out TensorRT's fused attention). fp16 uses
     ONNX Runtime's converter; bf16 re-types its result (same structure, bfloat16 instead of float16).
     """
     import onnx
@@ -122,9 +131,13 @@ def lower_precision_onnx(src: Path, dst: Path, precision: str) -> Path:
             node.name = f"{node.op_type}_{i}"
     target = "tensor(float16)" if precision == "fp16" else "tensor(bfloat16)"
     blocked_ops = set(DEFAULT_OP_BLOCK_LIST) | set(FP32_OPS) | ops_without_type(model, target)
+    blocked_nodes: list[str] = []
+    if fp32_attention:
+        blocked_ops |= set(ATTENTION_OPS)
+        blocked_nodes = attention_score_matmuls(model)
     low = convert_float_to_float16(model, keep_io_types=True, disable_shape_infer=True,
                                    op_block_list=sorted(blocked_ops),
-                                   node_block_list=attention_score_matmuls(model), force_fp16_initializers=True)
+                                   node_block_list=blocked_nodes, force_fp16_initializers=True)
     if precision == "bf16":
         _retype_fp16_to_bf16(low)
     _toposort(low.graph)  # the converter appends its Cast nodes at the end; ONNX (and TensorRT) need order
@@ -237,15 +250,17 @@ class BuildResult:
     seconds: float
     bytes: int
     fp32_layers: int
+    profiles: tuple[tuple[int, int, int], ...] = ()
 
 
-def _pin_fp32_layers(trt: Any, network: Any) -> int:
-    """TensorRT 10 + FP16/BF16 flags: keep norms, softmax, reductions and q.k^T in fp32."""
+def _pin_fp32_layers(trt: Any, network: Any, fp32_attention: bool = False) -> int:
+    """TensorRT 10 + FP16/BF16 flags: keep norms and reductions (with ``fp32_attention`` also softmax
+    and q.k^T) in fp32."""
     layers = [network.get_layer(i) for i in range(network.num_layers)]
     producer = {layer.get_output(k).name: i for i, layer in enumerate(layers) for k in range(layer.num_outputs)}
-    pinned = {i for i, layer in enumerate(layers)
-              if layer.type in (trt.LayerType.NORMALIZATION, trt.LayerType.SOFTMAX, trt.LayerType.REDUCE)}
-    for layer in layers:
+    kinds = (trt.LayerType.NORMALIZATION, trt.LayerType.REDUCE) + ((trt.LayerType.SOFTMAX,) if fp32_attention else ())
+    pinned = {i for i, layer in enumerate(layers) if layer.type in kinds}
+    for layer in layers if fp32_attention else ():
         if layer.type != trt.LayerType.SOFTMAX:
             continue
         frontier = [layer.get_input(0)]
@@ -277,9 +292,14 @@ def _pin_fp32_layers(trt: Any, network: Any) -> int:
 
 
 def build_engine(onnx_path: Path, inputs: list, plan_path: Path, *, precision: str, max_batch: int,
-                 opt_batch: int = 1, workspace_gb: float = 8.0, timing_cache: Optional[Path] = None,
-                 strongly_typed: Optional[bool] = None) -> BuildResult:
-    """Build and serialise one engine; ``inputs`` are the graph's TensorSpecs (batch axis first)."""
+                 opt_batch: Optional[int] = None, workspace_gb: float = 8.0, timing_cache: Optional[Path] = None,
+                 strongly_typed: Optional[bool] = None, fp32_attention: bool = False) -> BuildResult:
+    """Build and serialise one engine; ``inputs`` are the graph's TensorSpecs (batch axis first).
+
+    One optimisation profile per batch bucket (:func:`xvla.core.batch_profiles.batch_profiles`).
+    """
+    from xvla.core.batch_profiles import batch_profiles
+
     trt = require_tensorrt()
     major = trt_major(trt)
     strongly = (major >= 11) if strongly_typed is None else bool(strongly_typed)
@@ -288,7 +308,8 @@ def build_engine(onnx_path: Path, inputs: list, plan_path: Path, *, precision: s
     t0 = time.perf_counter()
     src = Path(onnx_path)
     if strongly and precision in ("fp16", "bf16"):
-        src = lower_precision_onnx(src, plan_path.parent / f"{src.stem}.{precision}.onnx", precision)
+        src = lower_precision_onnx(src, plan_path.parent / f"{src.stem}.{precision}.onnx", precision,
+                                   fp32_attention=fp32_attention)
 
     logger = trt.Logger(trt.Logger.WARNING)
     builder = trt.Builder(logger)
@@ -303,18 +324,20 @@ def build_engine(onnx_path: Path, inputs: list, plan_path: Path, *, precision: s
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gb * (1 << 30)))
     pinned = 0
-    if not strongly:
-        if precision == "fp32":
-            config.clear_flag(trt.BuilderFlag.TF32)
-        else:
-            config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
-            config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
-            pinned = _pin_fp32_layers(trt, network)
-    profile = builder.create_optimization_profile()
-    for spec in inputs:
-        rest = tuple(int(d) for d in spec.shape[1:])
-        profile.set_shape(spec.name, (1, *rest), (opt_batch, *rest), (max_batch, *rest))
-    config.add_optimization_profile(profile)
+    if precision == "fp32" and hasattr(trt.BuilderFlag, "TF32"):
+        # TF32 is on by default and strongly typed networks honour it too: fp32 must mean fp32.
+        config.clear_flag(trt.BuilderFlag.TF32)
+    if not strongly and precision != "fp32":
+        config.set_flag(trt.BuilderFlag.FP16 if precision == "fp16" else trt.BuilderFlag.BF16)
+        config.set_flag(trt.BuilderFlag.OBEY_PRECISION_CONSTRAINTS)
+        pinned = _pin_fp32_layers(trt, network, fp32_attention=fp32_attention)
+    profiles = batch_profiles(max_batch, opt_batch)
+    for lo, opt, hi in profiles:
+        profile = builder.create_optimization_profile()
+        for spec in inputs:
+            rest = tuple(int(d) for d in spec.shape[1:])
+            profile.set_shape(spec.name, (lo, *rest), (opt, *rest), (hi, *rest))
+        config.add_optimization_profile(profile)
     cache = None
     if timing_cache is not None:
         blob = timing_cache.read_bytes() if timing_cache.is_file() else b""
@@ -331,7 +354,7 @@ def build_engine(onnx_path: Path, inputs: list, plan_path: Path, *, precision: s
     if src != Path(onnx_path):  # the low-precision copy only served the build
         for p in (src, src.with_name(src.name + ".data")):
             p.unlink(missing_ok=True)
-    return BuildResult(plan_path.name, time.perf_counter() - t0, plan_path.stat().st_size, pinned)
+    return BuildResult(plan_path.name, time.perf_counter() - t0, plan_path.stat().st_size, pinned, tuple(profiles))
 
 
 def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportOptions", reporter: "Reporter", *,
@@ -359,10 +382,12 @@ def build_bundle_engines(bundle: Path, graphs: Mapping[str, Any], opts: "ExportO
         with reporter.step(f"TensorRT {name}.plan ({opts.precision})") as rec:
             res = build_engine(bundle / g.file, g.inputs, plan, precision=opts.precision, max_batch=opts.max_batch,
                                opt_batch=opts.trt_opt_batch, workspace_gb=opts.trt_workspace_gb,
-                               timing_cache=cache, strongly_typed=strongly)
+                               timing_cache=cache, strongly_typed=strongly,
+                               fp32_attention=bool(getattr(opts, "trt_fp32_attention", False)))
             rec.detail = f"{res.bytes / 2**20:.1f} MiB, {res.fp32_layers} layers pinned to fp32"
         section["engines"][name] = {"file": f"engines/{name}.plan", "build_seconds": round(res.seconds, 2),
                                     "bytes": res.bytes}
+        section["profiles"] = [list(p) for p in res.profiles]  # the same buckets for every graph
     if reference is None or inputs is None:
         reporter.warn("TensorRT parity skipped (--no-parity)")
     else:

@@ -8,8 +8,11 @@ loops through the same batcher, their steps line up and every step is batched, n
 the first one.
 
 The window is bounded, and it closes early once every session that is currently planning
-is waiting in this batcher (``Planners``), so a lone robot never waits for company.
-Engine calls happen on the batcher's own thread, never on the asyncio event loop.
+is waiting in this batcher (``Planners``), so a lone robot never waits for company. A lone
+planner (the only one planning, nothing queued) runs its call inline on its own planning thread:
+no hand-off to the batcher thread and back (two thread wake-ups per denoising step, milliseconds
+each on a busy machine). Engine calls never run on the asyncio event loop, and never two at once
+on one engine (one execution lock for the inline path and the batcher thread).
 """
 
 from __future__ import annotations
@@ -23,7 +26,7 @@ from typing import Callable, Mapping
 
 import numpy as np
 
-from xvla.runtime.engines.base import Engine, EngineError
+from xvla.runtime.engines.base import Engine, EngineError, StaticInputs
 
 log = logging.getLogger(__name__)
 
@@ -54,6 +57,8 @@ class _Request:
     inputs: Mapping[str, np.ndarray]
     rows: int
     signature: tuple
+    static: StaticInputs | None = None  # the caller's resident inputs (used when it runs alone)
+    dynamic: Mapping[str, np.ndarray] | None = None
     enqueued: float = field(default_factory=time.perf_counter)
     future: Future = field(default_factory=Future)
 
@@ -90,6 +95,8 @@ class BatchingEngine(Engine):
         self.on_batch = on_batch  # (graph, batch_size, run_ms) -> None, e.g. metrics
         self._pending: list[_Request] = []
         self._cond = threading.Condition()
+        self._exec = threading.Lock()  # one engine call at a time: the batcher thread or an inline caller
+        self.inline_calls = 0
         self._closed = False
         self._thread = threading.Thread(target=self._loop, name=f"batcher-{engine.info.graph}", daemon=True)
         self._thread.start()
@@ -98,20 +105,44 @@ class BatchingEngine(Engine):
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
         return self.run_with_stats(inputs)[0]
 
-    def run_with_stats(self, inputs: Mapping[str, np.ndarray]) -> tuple[dict[str, np.ndarray], BatchStats]:
+    def bind_static(self, inputs: Mapping[str, np.ndarray]) -> StaticInputs:
+        """The wrapped engine's handle: used as is when the call rides alone, its host arrays when merged."""
+        return self.engine.bind_static(inputs)
+
+    def run_bound(self, static: StaticInputs, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return self.run_bound_with_stats(static, inputs)[0]
+
+    def run_bound_with_stats(self, static: StaticInputs, inputs: Mapping[str, np.ndarray]
+                             ) -> tuple[dict[str, np.ndarray], BatchStats]:
+        return self.run_with_stats({**static.arrays, **inputs}, static=static, dynamic=inputs)
+
+    def run_with_stats(self, inputs: Mapping[str, np.ndarray], static: StaticInputs | None = None,
+                       dynamic: Mapping[str, np.ndarray] | None = None) -> tuple[dict[str, np.ndarray], BatchStats]:
         self.check_inputs(inputs)
         arrays = {k: np.asarray(v) for k, v in inputs.items() if k in set(self.input_names)}
         rows = {v.shape[0] if v.ndim else -1 for v in arrays.values()}
         if len(rows) != 1 or -1 in rows:
             raise EngineError(f"{self.info.graph}: inputs must share a leading batch axis, got "
                               f"{ {k: v.shape for k, v in arrays.items()} }")
-        req = _Request(arrays, rows.pop(), _signature(arrays))
+        req = _Request(arrays, rows.pop(), _signature(arrays), static, dynamic)
+        if self._alone() and self._exec.acquire(blocking=False):
+            try:
+                if self._alone():  # still nobody to batch with: skip the batcher thread
+                    self.inline_calls += 1
+                    self._run_batch([req])
+                    return req.future.result()
+            finally:
+                self._exec.release()
         with self._cond:
             if self._closed:
                 raise EngineError(f"{self.info.graph}: batcher closed")
             self._pending.append(req)
             self._cond.notify_all()
         return req.future.result()
+
+    def _alone(self) -> bool:
+        return (self.planners is not None and self.planners.active <= 1 and not self._pending
+                and not self._closed)
 
     # ------------------------------------------------------------------ batcher thread
     def _ready(self, first: _Request, now: float) -> bool:
@@ -153,13 +184,19 @@ class BatchingEngine(Engine):
             self._execute(batch)
 
     def _execute(self, batch: list[_Request]) -> None:
+        with self._exec:
+            self._run_batch(batch)
+
+    def _run_batch(self, batch: list[_Request]) -> None:
         start = time.perf_counter()
         try:
-            if len(batch) == 1:
-                feeds = dict(batch[0].inputs)
+            if len(batch) == 1 and batch[0].static is not None and batch[0].dynamic is not None:
+                out = self.engine.run_bound(batch[0].static, batch[0].dynamic)  # resident inputs stay resident
+            elif len(batch) == 1:
+                out = self.engine.run(dict(batch[0].inputs))
             else:
                 feeds = {k: np.concatenate([r.inputs[k] for r in batch], axis=0) for k in batch[0].inputs}
-            out = self.engine.run(feeds)
+                out = self.engine.run(feeds)
         except BaseException as exc:  # every waiter must hear about it
             for r in batch:
                 r.future.set_exception(exc)

@@ -105,6 +105,16 @@ class Bundle:
         return int(self.manifest.get("max_batch", 1) or 1)
 
     @property
+    def batch_sizes(self) -> list[int]:
+        """The bundle's batch list: the tops of its batch buckets (TensorRT profiles), warm-up sizes."""
+        from xvla.core.batch_profiles import batch_list
+
+        profiles = (self.manifest.get("tensorrt") or {}).get("profiles")
+        if profiles:
+            return [int(p[2]) for p in profiles]
+        return batch_list(self.max_batch)
+
+    @property
     def skills(self) -> list[dict[str, Any]]:
         return list(self.manifest.get("skills") or [])
 

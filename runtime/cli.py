@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for the exported default bundle")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port, printed at start)")
-    p.add_argument("--providers", default="cpu", help="comma list: cpu, cuda, tensorrt (onnxruntime) or trt-native")
+    p.add_argument("--providers", default="cpu", help="comma list: cpu, cuda, tensorrt (onnxruntime), trt-native, "
+                   "or torch-cuda[-bf16|-fp16|-fp32] / torch-cpu (PyTorch engines)")
     p.add_argument("--allow-fallback", action="store_true", help="accept a missing provider (else: startup error)")
     p.add_argument("--threads", type=int, default=0, help="onnxruntime intra-op threads per engine (0: default)")
     p.add_argument("--metrics-port", type=int, default=None, help="Prometheus /metrics HTTP port (off if not given)")

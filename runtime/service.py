@@ -59,6 +59,9 @@ class ServiceConfig:
     control_rate_hz: float = 30.0  # used when a session header leaves it 0
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # defaults for header zeros
     warmup: bool = True
+    # Batch sizes warmed up at load; None: the bundle's batch list when an engine keeps per-shape state
+    # (TensorRT profiles, CUDA graphs, cuDNN plans), batch 1 on CPU-only engines (nothing to prepare).
+    warmup_batches: list[int] | None = None
     verify_bundles: bool = True
     seed: int | None = None
 
@@ -78,6 +81,7 @@ class PolicyService:
         self.sessions = 0
         self.load_ms = 0.0
         self.warmup_ms = 0.0
+        self.max_batch: dict[str, int] = {}  # route -> rows per engine call (after clamping)
 
     # ------------------------------------------------------------------ loading
     def load(self) -> None:
@@ -87,6 +91,13 @@ class PolicyService:
         for name, path in self.routes.bundles.items():
             pol = self.policy_factory(name, path, cfg)
             max_batch = cfg.max_batch or pol.bundle.max_batch
+            limits = {g: int(e.batch_limit) for g, e in pol.engines.items() if getattr(e, "batch_limit", None)}
+            if limits and max_batch > min(limits.values()):
+                log.warning("route %s: --max-batch %d exceeds what the engines accept (%s); using %d", name,
+                            max_batch, ", ".join(f"{g} <= {n}" for g, n in sorted(limits.items())),
+                            min(limits.values()))
+                max_batch = min(limits.values())
+            self.max_batch[name] = max_batch
             for graph, engine in list(pol.engines.items()):
                 if self.engine_wrapper is not None:
                     engine = self.engine_wrapper(name, graph, engine)
@@ -99,12 +110,22 @@ class PolicyService:
         self.load_ms = (time.perf_counter() - t0) * 1000.0
         if cfg.warmup:
             t1 = time.perf_counter()
-            for pol in self.policies.values():
-                pol.warmup()
+            for name, pol in self.policies.items():
+                pol.warmup(batch_sizes=self.warmup_batches(name, pol))
             self.warmup_ms = (time.perf_counter() - t1) * 1000.0
         self.ready = True
         log.info("service ready", extra={"routes": sorted(self.policies), "load_ms": round(self.load_ms, 1),
                                          "warmup_ms": round(self.warmup_ms, 1)})
+
+    def warmup_batches(self, name: str, pol: PolicyRuntime) -> list[int]:
+        """The batch sizes warm-up runs for route ``name`` (see ServiceConfig.warmup_batches)."""
+        cap = self.max_batch.get(name, pol.bundle.max_batch)
+        if self.config.warmup_batches is not None:
+            return sorted({b for b in self.config.warmup_batches if 1 <= b <= cap}) or [1]
+        stateful = any(getattr(getattr(e, "engine", e), "warms_per_batch", False) for e in pol.engines.values())
+        if not stateful:
+            return [1]
+        return sorted({b for b in pol.bundle.batch_sizes if b <= cap} | {cap})
 
     def _check_compatible(self) -> None:
         """Routed bundles must agree on everything a session fixes once: action space, horizon, cameras."""

@@ -7,8 +7,9 @@ native TensorRT engine stand in for each other without the policy noticing.
 from __future__ import annotations
 
 import abc
+import itertools
 from dataclasses import dataclass, field
-from typing import Mapping
+from typing import Any, Mapping
 
 import numpy as np
 
@@ -43,6 +44,24 @@ class EngineInfo:
     extra: Mapping[str, str] = field(default_factory=dict)
 
 
+_STATIC_KEYS = itertools.count(1)
+
+
+@dataclass(frozen=True, eq=False)
+class StaticInputs:
+    """Inputs that stay the same over several calls (a chunk's VLM features over its denoising steps).
+
+    ``Engine.bind_static`` makes one; ``Engine.run_bound`` takes it plus the changing inputs. Engines
+    with device memory upload the arrays once per key and skip the copy while the same key is resident
+    (TensorRT); ONNX Runtime keeps them as OrtValues bound through IO binding. ``backing`` is the
+    engine's own per-handle state (OrtValues); ``key`` is unique per handle.
+    """
+
+    arrays: Mapping[str, np.ndarray]
+    key: int = field(default_factory=lambda: next(_STATIC_KEYS))
+    backing: Any = None
+
+
 class Engine(abc.ABC):
     """One exported graph, ready to run. Implementations must be safe to call from one thread at a time
     per instance; the batcher guarantees that for shared engines."""
@@ -50,6 +69,19 @@ class Engine(abc.ABC):
     info: EngineInfo
     inputs: list[TensorSpec]
     outputs: list[TensorSpec]
+    # Hard cap on rows per call (the TensorRT optimisation profiles' max); None: any batch runs.
+    batch_limit: int | None = None
+    # True when the engine prepares state per batch size (TensorRT profiles, CUDA graphs, cuDNN plans):
+    # the service then warms up every size of the bundle's batch list, not only batch 1.
+    warms_per_batch: bool = False
+
+    def bind_static(self, inputs: Mapping[str, np.ndarray]) -> StaticInputs:
+        """Marks ``inputs`` as unchanged across the next calls of :meth:`run_bound` (default: host arrays)."""
+        return StaticInputs({k: np.ascontiguousarray(v) for k, v in inputs.items()})
+
+    def run_bound(self, static: StaticInputs, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """``run`` with ``static``'s arrays plus ``inputs`` (the default merges them on the host)."""
+        return self.run({**static.arrays, **inputs})
 
     @abc.abstractmethod
     def run(self, inputs: Mapping[str, np.ndarray]) -> dict[str, np.ndarray]:

@@ -13,8 +13,11 @@ from xvla.runtime.engines.base import Engine, EngineError
 if TYPE_CHECKING:
     from xvla.runtime.bundle import Bundle
 
-# Flags accepted by --providers: ONNX Runtime providers, plus native TensorRT plans from the bundle.
+# Flags accepted by --providers: ONNX Runtime providers, native TensorRT plans from the bundle, and the
+# PyTorch engines (torch-cpu, torch-cuda[-fp32|-fp16|-bf16]; provided by the policy kind, lazily imported: e.g. runtime/policies/xvla/torch_engine.py).
 PROVIDER_FLAGS = ("cpu", "cuda", "tensorrt", "trt-native")
+TORCH_FLAGS = ("torch-cpu", "torch-cuda") + tuple(f"torch-{d}-{p}" for d in ("cpu", "cuda")
+                                                  for p in ("fp32", "fp16", "bf16"))
 
 
 def parse_providers(spec: str | Sequence[str] | None) -> list[str]:
@@ -22,12 +25,18 @@ def parse_providers(spec: str | Sequence[str] | None) -> list[str]:
     if spec is None:
         return ["cpu"]
     items = [p.strip() for p in (spec.split(",") if isinstance(spec, str) else spec) if p.strip()]
-    bad = [p for p in items if p not in PROVIDER_FLAGS]
+    bad = [p for p in items if p not in PROVIDER_FLAGS + TORCH_FLAGS]
     if bad:
-        raise EngineError(f"providers: unknown {bad}; choose from {list(PROVIDER_FLAGS)}")
+        raise EngineError(f"providers: unknown {bad}; choose from {list(PROVIDER_FLAGS) + ['torch-cpu', 'torch-cuda']}")
     if "trt-native" in items and len(items) > 1:
         raise EngineError("providers: trt-native cannot be combined with onnxruntime providers")
+    if any(p in TORCH_FLAGS for p in items) and len(items) > 1:
+        raise EngineError("providers: a torch provider runs every graph; it cannot be combined with others")
     return items or ["cpu"]
+
+
+def is_torch(providers: Sequence[str]) -> bool:
+    return len(providers) == 1 and providers[0] in TORCH_FLAGS
 
 
 def ort_trt_cache_dir(bundle: "Bundle") -> Path:
@@ -69,4 +78,10 @@ def create_engine(
         precision=precision,
         trt_cache_dir=ort_trt_cache_dir(bundle),
         route=route,
+        input_shapes=graph_input_shapes(bundle, graph) if "tensorrt" in providers else None,
     )
+
+
+def graph_input_shapes(bundle: "Bundle", graph: str) -> dict[str, list]:
+    """The manifest's input shapes of ``graph`` (batch axis first): the TensorRT provider's profiles."""
+    return {str(i["name"]): list(i["shape"]) for i in (bundle.graphs.get(graph) or {}).get("inputs", [])}

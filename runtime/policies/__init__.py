@@ -49,10 +49,17 @@ def load_policy(bundle_dir: str | Path, providers: Sequence[str] = ("cpu",), all
                 intra_op_threads: int = 0, verify: bool = True, seed: int | None = None,
                 route: str = "") -> "PolicyRuntime":
     """A checked bundle with engines from the requested providers, behind its kind's PolicyRuntime."""
-    from xvla.runtime.engines.factory import create_engine
+    from xvla.runtime.engines.factory import create_engine, is_torch, parse_providers
 
     bundle = Bundle.load(bundle_dir, verify_hashes=verify)
     cls = runtime_class(bundle.kind)
-    engines = {g: create_engine(bundle, g, providers, allow_fallback, intra_op_threads, route=route)
-               for g in bundle.graphs}
+    flags = parse_providers(list(providers))
+    if is_torch(flags):  # the kind's PyTorch reference modules: torch is imported only when asked for
+        make = getattr(cls, "torch_engines", None)
+        if make is None:
+            raise BundleError(f"providers: {flags[0]}: policy kind {bundle.kind!r} has no PyTorch engine backend")
+        engines = make(bundle, flags[0], route=route)
+    else:
+        engines = {g: create_engine(bundle, g, providers, allow_fallback, intra_op_threads, route=route)
+                   for g in bundle.graphs}
     return cls.from_bundle(bundle, engines, seed=seed, route=route)

@@ -18,7 +18,7 @@ import numpy as np
 
 from xvla.core.images import CameraInput
 from xvla.runtime.bundle import Bundle
-from xvla.runtime.engines.base import Engine
+from xvla.runtime.engines.base import Engine, StaticInputs
 
 
 @dataclass(frozen=True)
@@ -149,12 +149,22 @@ class PolicyRuntime(Protocol):
     def close(self) -> None: ...
 
 
-def run_engine(engine: Engine, feeds: Mapping[str, np.ndarray], timings: Timings) -> dict[str, np.ndarray]:
-    """Runs an engine, booking batcher waits as queue_wait (BatchingEngine reports them)."""
-    with_stats = getattr(engine, "run_with_stats", None)
-    if with_stats is None:
-        return engine.run(feeds)
-    out, stats = with_stats(feeds)
+def run_engine(engine: Engine, feeds: Mapping[str, np.ndarray], timings: Timings,
+               static: StaticInputs | None = None) -> dict[str, np.ndarray]:
+    """Runs an engine, booking batcher waits as queue_wait (BatchingEngine reports them).
+
+    ``static`` (from ``engine.bind_static``) carries the inputs that do not change between calls.
+    """
+    if static is not None:
+        with_stats = getattr(engine, "run_bound_with_stats", None)
+        if with_stats is None:
+            return engine.run_bound(static, feeds)
+        out, stats = with_stats(static, feeds)
+    else:
+        with_stats = getattr(engine, "run_with_stats", None)
+        if with_stats is None:
+            return engine.run(feeds)
+        out, stats = with_stats(feeds)
     timings.queue_wait += stats.wait_ms
     timings.batch_size = max(timings.batch_size, stats.batch_size)
     return out

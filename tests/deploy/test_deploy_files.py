@@ -51,3 +51,21 @@ def test_slurm_job_runs_xvla_serve_with_valid_flags() -> None:
 @pytest.mark.parametrize("script", ["xvla-serve", "xvla-agent", "xvla-export"])
 def test_console_scripts_declared(script: str) -> None:
     assert f'{script} = "xvla.' in (DEPLOY.parent / "pyproject.toml").read_text()
+
+
+def test_gpu_serve_image_uses_the_gpu_extra_and_valid_flags() -> None:
+    """Issue 13: the GPU image installs the gpu extra from an NVIDIA CUDA base; its entrypoint + CMD parse."""
+    import tomllib
+
+    text = (DEPLOY / "docker" / "Dockerfile.serve-gpu").read_text()
+    assert re.search(r"^FROM nvidia/cuda:\S+cudnn-runtime", text, re.M)
+    assert '".[gpu]"' in text and "pip uninstall -y onnxruntime" in text and "COPY core core" in text
+    entry = json.loads(re.search(r"^ENTRYPOINT (\[.*\])$", text, re.M).group(1))
+    cmd = json.loads(re.search(r"^CMD (\[.*\])$", text, re.M).group(1))
+    args = serve_parser().parse_args(entry[1:] + cmd)
+    assert args.providers == "tensorrt"
+    extras = tomllib.loads((DEPLOY.parent / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    names = {re.split(r"[<>=]", d)[0] for d in extras["gpu"]}
+    assert {"onnxruntime-gpu", "tensorrt-cu12", "cuda-python"} <= names
+    for f in ("Dockerfile.serve", "Dockerfile.agent"):  # the xvla.core package is copied into every image
+        assert "COPY core core" in (DEPLOY / "docker" / f).read_text()

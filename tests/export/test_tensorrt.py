@@ -11,7 +11,13 @@ import pytest
 
 from xvla.export.policies.xvla.onnx_export import ort_session
 from xvla.export.policies.xvla.parity import ManifestGraph
-from xvla.export.tensorrt_build import FP32_OPS, attention_score_matmuls, lower_precision_onnx, ops_without_type
+from xvla.export.tensorrt_build import (
+    ATTENTION_OPS,
+    FP32_OPS,
+    attention_score_matmuls,
+    lower_precision_onnx,
+    ops_without_type,
+)
 
 
 def _types(model):
@@ -39,7 +45,7 @@ def _feeds(bundle, graph, batch=2, seed=0):
 
 def test_fp16_graph_keeps_fp32_islands_and_io(tiny_cli_bundle, tmp_path):
     src = tiny_cli_bundle / "action.onnx"
-    low = lower_precision_onnx(src, tmp_path / "action.fp16.onnx", "fp16")
+    low = lower_precision_onnx(src, tmp_path / "action.fp16.onnx", "fp16", fp32_attention=True)
     model = onnx.load(str(low))
     onnx.checker.check_model(model)
     types = _types(model)
@@ -47,7 +53,7 @@ def test_fp16_graph_keeps_fp32_islands_and_io(tiny_cli_bundle, tmp_path):
     assert all(v.type.tensor_type.elem_type != F16 for v in list(model.graph.input) + list(model.graph.output))
     weights = [i for i in model.graph.initializer if len(i.dims) == 2]
     assert weights and all(i.data_type == F16 for i in weights)  # the matmul weights went to fp16
-    islands = [n for n in model.graph.node if n.op_type in FP32_OPS]
+    islands = [n for n in model.graph.node if n.op_type in FP32_OPS + ATTENTION_OPS]
     assert any(n.op_type == "LayerNormalization" for n in islands) and any(n.op_type == "Softmax" for n in islands)
     for n in islands:
         assert all(types.get(i, F32) != F16 for i in n.input if i), f"{n.op_type} {n.name} gets fp16 input"
@@ -62,6 +68,23 @@ def test_fp16_graph_keeps_fp32_islands_and_io(tiny_cli_bundle, tmp_path):
     got = ort_session(low).run(None, feeds)[0]
     assert got.dtype == np.float32
     assert np.abs(got - ref).max() < 2e-2
+
+
+def test_fp16_graph_leaves_attention_in_fp16_by_default(tiny_cli_bundle, tmp_path):
+    """Issue 13 fix 2: q.k^T and Softmax pinned to fp32 rule out TensorRT's fused attention."""
+    src = tiny_cli_bundle / "action.onnx"
+    model = onnx.load(str(lower_precision_onnx(src, tmp_path / "action.fp16.onnx", "fp16")))
+    onnx.checker.check_model(model)
+    types = _types(model)
+    F16 = onnx.TensorProto.FLOAT16
+    softmax = [n for n in model.graph.node if n.op_type == "Softmax"]
+    assert softmax and all(types.get(n.input[0]) == F16 for n in softmax)
+    scores = set(attention_score_matmuls(onnx.load(str(src))))
+    assert scores and all(types.get(i) == F16 for n in model.graph.node if n.name in scores for i in n.input)
+    assert all(types.get(n.input[0]) != F16 for n in model.graph.node if n.op_type == "LayerNormalization")
+    feeds = _feeds(tiny_cli_bundle, "action")
+    ref = ort_session(src).run(None, feeds)[0]
+    assert np.abs(ort_session(tmp_path / "action.fp16.onnx").run(None, feeds)[0] - ref).max() < 2e-2
 
 
 def test_bf16_graph_is_valid_onnx_with_unsupported_ops_left_fp32(tiny_cli_bundle, tmp_path):

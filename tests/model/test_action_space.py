@@ -71,3 +71,39 @@ def test_errors_name_the_problem() -> None:
         space.preprocess(torch.randn(1, 7), torch.randn(1, 30, 23))
     with pytest.raises(ValueError, match="idx_for_delta"):
         AutoActionSpace(5, 5, idx_for_delta=(7,))
+
+
+def test_masks_are_buffers_built_once(monkeypatch) -> None:
+    """Issue 13 fix 7: the per-dim masks are non-persistent buffers, never a tensor built from a list per call
+    (a host->device copy per denoising step on a GPU, illegal inside CUDA-graph capture)."""
+    space = AutoActionSpace(23, 23, idx_for_delta=R1PRO_IDX_FOR_DELTA, idx_for_mask_proprio=(3, 4))
+    buffers = dict(space.named_buffers())
+    assert set(buffers) == {"gripper_dims_mask", "sigmoid_dims_mask", "idx_for_delta_mask", "idx_for_mask_proprio_mask"}
+    assert buffers["idx_for_delta_mask"].nonzero().flatten().tolist() == list(R1PRO_IDX_FOR_DELTA)
+    assert space.state_dict() == {}  # checkpoints (strict loads) do not change
+
+    def no_tensor(*a, **k):
+        raise AssertionError("torch.tensor called inside an action-space call")
+
+    proprio, action = torch.randn(2, 23), torch.randn(2, 30, 23)
+    monkeypatch.setattr(torch, "tensor", no_tensor)
+    pm, _ = space.preprocess(proprio, action)
+    out = space.postprocess(action, proprio)
+    monkeypatch.undo()
+    assert torch.all(pm[:, [3, 4]] == 0)
+    assert torch.allclose(out[..., list(R1PRO_IDX_FOR_DELTA)],
+                          action[..., list(R1PRO_IDX_FOR_DELTA)] + proprio[:, None, list(R1PRO_IDX_FOR_DELTA)])
+    # they follow the module to another device (meta: no memory, same code path as cuda)
+    space.to("meta")
+    assert all(b.device.type == "meta" for b in space.buffers())
+    pm, am = EE6DActionSpace().to("meta").preprocess(torch.randn(1, 20, device="meta"),
+                                                     torch.randn(1, 30, 20, device="meta"))
+    assert pm.device.type == "meta" and am.shape == (1, 30, 20)
+
+
+def test_model_state_dict_has_no_mask_entries() -> None:
+    from xvla.export.policies.xvla.model import XVLA
+
+    model = XVLA(XVLAConfig.preset("tiny"))
+    assert not [k for k in model.state_dict() if k.endswith("_mask") and k.startswith("action_space")]
+    assert any(n.startswith("action_space.") for n, _ in model.named_buffers())

@@ -84,3 +84,27 @@ def test_engine_errors_reach_every_waiter():
     with pytest.raises(RuntimeError, match="boom"):
         batcher.run({"a": np.zeros((1, 2), np.float32), "b": np.zeros((1, 2), np.float32)})
     batcher.close()
+
+
+def test_lone_planner_runs_inline_without_the_batcher_thread():
+    """Issue 13 (CPU chunk loop): a lone planner's 10+ engine calls per chunk skip the hand-off to the
+    batcher thread and back; concurrent planners still batch (test above)."""
+
+    class ThreadRecording(RecordingEngine):
+        def run(self, inputs):
+            self.threads = getattr(self, "threads", []) + [threading.current_thread().name]
+            return super().run(inputs)
+
+    engine = ThreadRecording()
+    planners = Planners()
+    batcher = BatchingEngine(engine, max_batch=8, window_ms=5000, planners=planners)
+    for i in range(5):
+        out, stats = _call(batcher, planners, float(i), None)
+        assert out[0, 0] == pytest.approx(i) and stats.batch_size == 1
+    assert batcher.inline_calls == 5 and engine.threads == [threading.current_thread().name] * 5
+    # without a Planners registry (nobody says who is planning) the batcher thread runs every call
+    plain = BatchingEngine(engine, max_batch=8, window_ms=0)
+    plain.run({"a": np.ones((1, 3), np.float32), "b": np.ones((1, 3), np.float32)})
+    assert plain.inline_calls == 0 and engine.threads[-1].startswith("batcher-")
+    batcher.close()
+    plain.close()

@@ -35,4 +35,5 @@ def export_from_args(args: argparse.Namespace, reporter: Any) -> Path:
         parity_seed=args.parity_seed,
         parity_providers=("CUDAExecutionProvider",) if args.parity_provider == "cuda" else ("CPUExecutionProvider",),
         cache_dir=args.cache_dir, jobs=args.jobs, trt=args.trt, trt_opt_batch=args.opt_batch,
+        trt_fp32_attention=args.trt_fp32_attention,
         trt_workspace_gb=args.workspace_gb, trt_timing_cache=args.timing_cache, verbose=args.verbose)

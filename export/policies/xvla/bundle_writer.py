@@ -82,7 +82,8 @@ class ExportOptions:
     trt: bool = False
     trt_workspace_gb: float = 8.0
     trt_timing_cache: Optional[Path] = None
-    trt_opt_batch: int = 1
+    trt_opt_batch: Optional[int] = None  # None: each batch bucket's top (xvla.core.batch_profiles)
+    trt_fp32_attention: bool = False
     num_views: int = 3
     camera_names: Optional[Sequence[str]] = None
     image_size: tuple[int, int] = (224, 224)
@@ -107,7 +108,7 @@ class ExportOptions:
             raise BundleExportError(f"num_views must be >= 1, got {self.num_views}")
         if self.camera_names is not None and len(self.camera_names) != self.num_views:
             raise BundleExportError(f"camera_names has {len(self.camera_names)} names for num_views={self.num_views}")
-        if not 1 <= self.trt_opt_batch <= self.max_batch:
+        if self.trt_opt_batch is not None and not 1 <= self.trt_opt_batch <= self.max_batch:
             raise BundleExportError(f"trt_opt_batch must be in [1, max_batch={self.max_batch}]")
         if self.parity_batch < 1:
             raise BundleExportError(f"parity_batch must be >= 1, got {self.parity_batch}")

@@ -108,7 +108,8 @@ class XVLAPolicy:
         self.rng = np.random.default_rng(seed)
         self._action_inputs = set(self.engines["action"].input_names)
         chunk = bundle.graphs.get("chunk") or {}
-        self._unrolled_steps = int(chunk["steps"]) if "chunk" in self.engines and chunk.get("steps") else None
+        steps = getattr(self.engines.get("chunk"), "steps", None) or chunk.get("steps")
+        self._unrolled_steps = int(steps) if "chunk" in self.engines and steps else None
         self._vlm_outputs = set(self.engines["vlm"].output_names)
         self._spec = self._build_spec()
 
@@ -117,6 +118,13 @@ class XVLAPolicy:
     def from_bundle(cls, bundle: Bundle, engines: Mapping[str, Engine], *, seed: int | None = None,
                     route: str = "") -> "XVLAPolicy":
         return cls(bundle, engines, seed=seed, route=route)
+
+    @staticmethod
+    def torch_engines(bundle: Bundle, flag: str, route: str = "") -> dict[str, Engine]:
+        """``--providers torch-cpu|torch-cuda[-bf16|-fp16|-fp32]``: the exported graphs' PyTorch modules."""
+        from xvla.runtime.policies.xvla.torch_engine import create_torch_engines
+
+        return dict(create_torch_engines(bundle, flag, route=route))
 
     @classmethod
     def load(cls, bundle_dir: Any, providers: Sequence[str] = ("cpu",), allow_fallback: bool = False,
@@ -264,11 +272,6 @@ class XVLAPolicy:
             feeds["skill_id"] = np.asarray(skill_id, np.int64).reshape(b)
         action_engine = self.engines["action"]
 
-        def step(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:  # t: [B] float32
-            feeds["x_t"] = x_t
-            feeds["t"] = t
-            return run_engine(action_engine, feeds, timings)["action"]
-
         p_len = 0 if prefix is None else int(prefix.shape[1])
         with timings.stage("denoise"):
             if not p_len and self._unrolled_steps == int(steps):
@@ -276,6 +279,16 @@ class XVLAPolicy:
                 feeds["x1"] = noise
                 raw = run_engine(self.engines["chunk"], feeds, timings)["action"]
             else:
+                # The conditioning (VLM features, proprio, ids) is the same for every step: bound once per
+                # chunk, so a GPU engine uploads it once and each step only sends x_t and t.
+                binder = getattr(action_engine, "bind_static", None)
+                static = binder(feeds) if binder is not None else None
+
+                def step(x_t: np.ndarray, t: np.ndarray) -> np.ndarray:  # t: [B] float32
+                    if static is None:
+                        return run_engine(action_engine, {**feeds, "x_t": x_t, "t": t}, timings)["action"]
+                    return run_engine(action_engine, {"x_t": x_t, "t": t}, timings, static)["action"]
+
                 raw = flow_matching_chunk(step, noise, int(steps), prefix=prefix if p_len else None, prefix_len=p_len)
         with timings.stage("decode"):
             actions = postprocess_actions(raw, proprio_m, self.space)

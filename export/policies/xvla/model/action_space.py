@@ -10,7 +10,10 @@ Semantics follow the official ``action_hub.py`` (2c4fedf for ee6d/joint, the v2 
   code broadcasts ``[B, k]`` against ``[T, k]``, correct only for B = 1).
 
 Every per-dimension rule is a constant boolean mask combined with ``torch.where``, so the
-functions trace into static ONNX graphs (no index_put, no data-dependent branches).
+functions trace into static ONNX graphs (no index_put, no data-dependent branches). The masks
+are non-persistent buffers built once: they move with the model (``.to(device)``), stay out of
+the state dict, and a call never builds a device tensor from a Python list (that was a host
+sync per denoising step, and illegal inside CUDA-graph capture).
 """
 
 from __future__ import annotations
@@ -22,12 +25,22 @@ import torch
 from xvla.export.policies.xvla.model.config import XVLAConfig
 
 
-def _dim_mask(dims: tuple[int, ...], size: int, like: torch.Tensor) -> torch.Tensor:
-    # A constant built from Python values: traces to a literal, not to an index_put.
-    return torch.tensor([i in dims for i in range(size)], dtype=torch.bool, device=like.device)
+def _dim_mask(dims: tuple[int, ...], size: int) -> torch.Tensor:
+    """[size] bool, True on ``dims`` (built once, at construction, on the CPU).
+
+    The device is explicit: strict checkpoint loads build the model under ``torch.device("meta")``
+    and assign only the state dict's tensors, so a non-persistent buffer must hold real data.
+    """
+    mask = torch.zeros(size, dtype=torch.bool, device="cpu")
+    if dims:
+        mask[list(dims)] = True
+    return mask
 
 
-class ActionSpace:
+_MASKS = ("gripper_dims", "sigmoid_dims", "idx_for_delta", "idx_for_mask_proprio")
+
+
+class ActionSpace(torch.nn.Module):
     """Base: identity pre/post-processing; subclasses set the per-dimension rules.
 
     Attributes:
@@ -45,6 +58,7 @@ class ActionSpace:
     def __init__(self, dim: int, model_dim: int, gripper_dims: tuple[int, ...] = (),
                  sigmoid_dims: tuple[int, ...] = (), idx_for_delta: tuple[int, ...] = (),
                  idx_for_mask_proprio: tuple[int, ...] = ()) -> None:
+        super().__init__()
         self.dim = int(dim)
         self.model_dim = int(model_dim)
         self.gripper_dims = tuple(int(i) for i in gripper_dims)
@@ -55,6 +69,14 @@ class ActionSpace:
             bad = [i for i in getattr(self, name) if not 0 <= i < self.model_dim]
             if bad:
                 raise ValueError(f"{name} has indices {bad} outside [0, {self.model_dim})")
+        for name in _MASKS:  # [model_dim] bool each; non-persistent: checkpoints are unchanged
+            self.register_buffer(f"{name}_mask", _dim_mask(getattr(self, name), self.model_dim), persistent=False)
+
+    def _mask(self, name: str, size: int) -> torch.Tensor:
+        mask = getattr(self, f"{name}_mask")
+        if size != mask.shape[0]:
+            raise ValueError(f"{name}: last dimension is {size}, expected the model dim {mask.shape[0]}")
+        return mask
 
     # -- shape helpers ------------------------------------------------------------------
     def _to_model_dim(self, x: torch.Tensor, name: str) -> torch.Tensor:
@@ -76,11 +98,11 @@ class ActionSpace:
         proprio_m = self._to_model_dim(proprio, "proprio")
         action_m = self._to_model_dim(action, "action")
         if self.gripper_dims:
-            g = _dim_mask(self.gripper_dims, self.model_dim, action_m)
+            g = self._mask("gripper_dims", self.model_dim)
             proprio_m = torch.where(g, torch.zeros_like(proprio_m), proprio_m)
             action_m = torch.where(g, torch.zeros_like(action_m), action_m)
         if self.idx_for_mask_proprio:
-            m = _dim_mask(self.idx_for_mask_proprio, self.model_dim, proprio_m)
+            m = self._mask("idx_for_mask_proprio", self.model_dim)
             proprio_m = torch.where(m, torch.zeros_like(proprio_m), proprio_m)
         return proprio_m, action_m
 
@@ -91,7 +113,7 @@ class ActionSpace:
         """
         out = action
         if self.sigmoid_dims:
-            s = _dim_mask(self.sigmoid_dims, action.shape[-1], action)
+            s = self._mask("sigmoid_dims", action.shape[-1])
             out = torch.where(s, torch.sigmoid(out), out)
         if self.idx_for_delta:
             if proprio is None:
@@ -99,7 +121,7 @@ class ActionSpace:
             p = self._to_model_dim(proprio, "proprio")
             if p.shape[0] != action.shape[0]:
                 raise ValueError(f"postprocess: proprio batch {p.shape[0]} != action batch {action.shape[0]}")
-            d = _dim_mask(self.idx_for_delta, self.model_dim, action)
+            d = self._mask("idx_for_delta", self.model_dim)
             out = torch.where(d, out + p.unsqueeze(1), out)  # per sample: [B,1,Dm] over T
         if self.dim != out.shape[-1]:
             out = out[..., : self.dim]

@@ -107,8 +107,8 @@ class WindowAttention(nn.Module):
         n = ws * ws
         qkv = self.qkv(x).reshape(-1, n, 3, self.num_heads, c // self.num_heads).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B*nW, heads, n, hd]
-        attn = ((q * self.scale) @ k.transpose(-2, -1)).softmax(dim=-1)
-        x = (attn @ v).transpose(1, 2).reshape(-1, n, c)
+        x = F.scaled_dot_product_attention(q, k, v, scale=self.scale)  # softmax(q k^T * scale) v
+        x = x.transpose(1, 2).reshape(-1, n, c)
         x = self.proj(x)
         # reverse: [B*nW, ws*ws, C] -> [B, Hp, Wp, C] -> crop -> [B, H*W, C]
         x = x.reshape(-1, hp // ws, wp // ws, ws, ws, c).permute(0, 1, 3, 2, 4, 5).reshape(-1, hp, wp, c)
@@ -128,9 +128,10 @@ class ChannelAttention(nn.Module):
         n, c = x.shape[1], x.shape[2]
         qkv = self.qkv(x).reshape(-1, n, 3, self.groups, c // self.groups).permute(2, 0, 3, 1, 4)
         q, k, v = qkv[0], qkv[1], qkv[2]  # [B, G, N, Cg]
-        q = q * (float(n) ** -0.5)
-        attn = (q.transpose(-1, -2) @ k).softmax(dim=-1)  # [B, G, Cg, Cg]
-        x = (attn @ v.transpose(-1, -2)).transpose(-1, -2)  # [B, G, N, Cg]
+        # softmax(q^T k / sqrt(N)) v^T over channels: attention with channels as the sequence axis
+        x = F.scaled_dot_product_attention(q.transpose(-1, -2), k.transpose(-1, -2), v.transpose(-1, -2),
+                                           scale=float(n) ** -0.5)  # [B, G, Cg, N]
+        x = x.transpose(-1, -2)  # [B, G, N, Cg]
         return self.proj(x.transpose(1, 2).reshape(-1, n, c))
 
 

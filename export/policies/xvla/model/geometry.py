@@ -191,11 +191,12 @@ class DA3InlineEncoder(nn.Module):
         fy, cy with the height ratio.
         """
         b, v, c, h, w = image_input.shape
-        # ImageNet statistics as constants (upstream keeps them as non-persistent buffers, which a
-        # meta-device build followed by assign-loading would leave without data).
-        mean = torch.tensor(IMAGENET_MEAN, dtype=torch.float32, device=image_input.device).view(1, 3, 1, 1)
-        std = torch.tensor(IMAGENET_STD, dtype=torch.float32, device=image_input.device).view(1, 3, 1, 1)
-        x = (image_input.float() * std + mean).clamp(0.0, 1.0)
+        # ImageNet statistics as Python scalars per channel (the same float32 arithmetic as a constant
+        # tensor): no tensor built from Python values per call, i.e. no host->device copy per chunk and
+        # nothing illegal inside CUDA-graph capture, and fp32 whatever dtype the module was cast to.
+        x = image_input.float()
+        x = torch.stack([x[:, :, ch] * float(IMAGENET_STD[ch]) + float(IMAGENET_MEAN[ch]) for ch in range(3)], dim=2)
+        x = x.clamp(0.0, 1.0)
         th, tw = self.target_size(h, w)
         k = intrinsics.float() if intrinsics is not None else None
         if (th, tw) != (h, w):
@@ -203,8 +204,11 @@ class DA3InlineEncoder(nn.Module):
             x = x.reshape(b, v, c, th, tw)
             if k is not None:
                 sw, sh = tw / float(w), th / float(h)
-                scale = torch.tensor([[sw, 1.0, sw], [1.0, sh, sh], [1.0, 1.0, 1.0]], dtype=k.dtype, device=k.device)
-                k = k * scale
+                # fx, cx scale with the width, fy, cy with the height, the rest unchanged; Python scalars,
+                # not a tensor built from a list per call (no host->device copy).
+                row0 = torch.stack([k[..., 0, 0] * sw, k[..., 0, 1], k[..., 0, 2] * sw], dim=-1)
+                row1 = torch.stack([k[..., 1, 0], k[..., 1, 1] * sh, k[..., 1, 2] * sh], dim=-1)
+                k = torch.stack([row0, row1, k[..., 2, :]], dim=-2)
         return x, k
 
     def forward(
