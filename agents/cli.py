@@ -78,6 +78,15 @@ def cmd_run(a: argparse.Namespace) -> int:
     header.execution.CopyFrom(_execution(a))
     loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout)
     with PolicyClient(client_config(a)) as client:
+        if a.task_id < 0:  # a policy with task prompts (BEHAVIOR v20) needs one: take its first, say so
+            try:
+                tasks = list(client.describe(timeout=a.connect_timeout + 1.0).tasks)
+            except Exception:  # noqa: BLE001 - no service yet: the loop reports and backs off itself
+                tasks = []
+            if tasks:
+                header.task_id = tasks[0].id
+                print(f"xvla-agent: task {tasks[0].id} ({tasks[0].name}), the first of the policy's {len(tasks)} tasks "
+                      "(--task-id chooses)", file=sys.stderr)
         loop = ControlLoop(SimR1Pro(), client, header, loop_cfg)
         signal.signal(signal.SIGINT, lambda *_: loop.stop())
         signal.signal(signal.SIGTERM, lambda *_: loop.stop())

@@ -153,7 +153,8 @@ class ControlLoop:
                 if dim and dim != self.robot.layout.dim
                 else ""
             )
-            if self._dim_error:
+            if self._dim_error and self._dim_error != self.stats.problem:
+                self.stats.problem = self._dim_error  # reported once, and in the run's summary
                 log.error("%s: its actions will not be executed", self._dim_error)
             self._connected.set()
         else:
@@ -341,4 +342,6 @@ class ControlLoop:
             st.observations_lost = c.lost
             st.sessions, st.reconnects, st.connect_failures = c.sessions, c.reconnects, c.connect_failures
             st.last_error = st.last_error or c.last_error
+            st.problem = st.problem or c.problem
+            st.backoffs = c.backoffs
         return st

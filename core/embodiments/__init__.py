@@ -1,0 +1,1 @@
+"""Robot embodiments as data (layouts, task lists), one module per robot."""
