@@ -119,7 +119,12 @@ def cmd_bridge(a: argparse.Namespace) -> int:
         execution=_execution(a),
     )
     cc = client_config(a)
-    if a.protocol == "openpi":
+    if a.protocol == "behavior":
+        from xvla.agents.bridges.behavior import BehaviorBridge, BehaviorOptions, load_task_table
+
+        bridge = BehaviorBridge(cc, cfg, BehaviorOptions(num_envs=a.num_envs, task_table=load_task_table(a.task_table),
+                                                         state_order=a.state_order))
+    elif a.protocol == "openpi":
         from xvla.agents.bridges.openpi_ws import OpenpiBridge
 
         bridge = OpenpiBridge(cc, cfg)
@@ -169,7 +174,8 @@ def build_parser() -> argparse.ArgumentParser:
     desc.set_defaults(func=cmd_describe)
 
     br = sub.add_parser("bridge", help="serve a protocol other robot stacks speak, forwarding to the gRPC service")
-    br.add_argument("protocol", choices=["openpi", "zmq", "http"])
+    br.add_argument("protocol", choices=["behavior", "openpi", "zmq", "http"],
+                    help="behavior: the BEHAVIOR-1K 2025/2026 evaluators (docs/behavior.md); openpi: plain openpi clients")
     _add_client_args(br)
     br.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     br.add_argument("--port", type=int, required=True, help="listen port")
@@ -180,6 +186,12 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--instruction", default="", help="task instruction for sessions")
     br.add_argument("--mode", choices=sorted(MODES), default="default", help="chunk execution mode")
     br.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
+    br.add_argument("--num-envs", type=int, default=1,
+                    help="behavior: one endpoint per evaluator environment on ports PORT..PORT+N-1 (default 1)")
+    br.add_argument("--task-table", default=None,
+                    help="behavior: the evaluator's task list (2026: B100_task_misc.csv; default: the 2025 list for 256-d proprio)")
+    br.add_argument("--state-order", choices=["action_aligned", "b1k_baseline"], default="action_aligned",
+                    help="behavior: order of the 23-d state cut from the raw proprio (default action_aligned)")
     br.add_argument("--api-token", default=os.environ.get("XVLA_ZMQ_TOKEN"), help="zmq: require this api_token in requests")
     br.set_defaults(func=cmd_bridge)
     return ap
