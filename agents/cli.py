@@ -76,7 +76,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     header = default_header(a.rate, instruction=a.instruction, task_id=a.task_id)
     header.execution.CopyFrom(_execution(a))
-    loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout)
+    loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout,
+                          frames=a.frames)
     with PolicyClient(client_config(a)) as client:
         if a.task_id < 0:  # a policy with task prompts (BEHAVIOR v20) needs one: take its first, say so
             try:
@@ -167,6 +168,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
     run.add_argument("--hold-timeout", type=float, default=0.5, help="execute the held plan this long, then the safe action")
     run.add_argument("--reply-deadline", type=float, default=None, help="wait this long for a frame's answer (default 60%% of a tick)")
+    run.add_argument("--frames", choices=["original", "bicubic", "numpy"], default="original",
+                     help="send camera frames as captured (the server resizes by the bundle contract; default), "
+                          "shrunk on the robot with the same pillow bicubic, or with the numpy box filter")
     run.set_defaults(func=cmd_run)
 
     desc = sub.add_parser("describe", help="print what the served policy expects and produces")

@@ -48,6 +48,7 @@ class LoopConfig:
     hold_timeout_s: float = 0.5  # trust the held plan this long after the last answer
     start_timeout_s: float = 5.0  # wait this long for the first session before the clock starts
     send_poses: bool | None = None  # None: only to cameras whose spec says needs_pose
+    frames: str = "original"  # original | bicubic | numpy (agents/observation.py)
     # Python hands the GIL over every 5 ms by default; the loop thread waking from its sleep
     # may wait that long behind the encoder or the gRPC thread. 1 ms keeps jitter small.
     switch_interval_s: float | None = 0.001
@@ -127,7 +128,7 @@ class ControlLoop:
         self.on_tick = on_tick
         self.stats = ControlStats(rate_hz=self.config.rate_hz)
         self.policy: pb.DescribeResponse | None = None
-        self._encoder = ObservationEncoder(send_poses=self.config.send_poses)
+        self._encoder = ObservationEncoder(send_poses=self.config.send_poses, frames=self.config.frames)
         self._cond = threading.Condition()
         self._replies: dict[int, tuple[pb.ActionReply, float]] = {}
         self._submitted: dict[int, float] = {}

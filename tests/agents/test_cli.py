@@ -21,7 +21,7 @@ AGENT = [sys.executable, "-m", "xvla.agents.cli"]
 
 def test_run_prints_json_statistics():
     with FakeServer() as srv:
-        r = subprocess.run(AGENT + ["run", "--target", srv.target, "--seconds", "1.5", "--json"],
+        r = subprocess.run(AGENT + ["run", "--target", srv.target, "--seconds", "1.5", "--json", "--frames", "bicubic"],
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
