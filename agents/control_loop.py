@@ -141,6 +141,7 @@ class ControlLoop:
         self._stream: RobotStream | None = None
         self._last_action: np.ndarray | None = None
         self._dim_error = ""
+        self._waited_s = 0.0
 
     # -- callbacks from the client's event loop ----------------------------------------
     def _on_state(self, connected: bool, accepted: pb.SessionAccepted | None, reason: str) -> None:
@@ -213,6 +214,7 @@ class ControlLoop:
                 continue
             with self._cond:
                 self.stats.encode_ms.append(enc.encode_s * 1e3)
+                self.stats.encode_cpu_ms.append(enc.encode_cpu_s * 1e3)
                 self.stats.raw_bytes_per_frame.append(enc.raw_bytes)
                 self.stats.wire_bytes_per_frame.append(enc.wire_bytes)
             stream.send(enc.observation)
@@ -228,7 +230,9 @@ class ControlLoop:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                t_wait = time.perf_counter()
                 self._cond.wait(left)
+                self._waited_s += time.perf_counter() - t_wait
             entry = self._replies.pop(frame, None)
             self._acted_frame = frame
             for f in [f for f in self._replies if f < frame]:
@@ -302,6 +306,9 @@ class ControlLoop:
                     t_sched = t0 + k * period
                 st.jitter_ms.append((now - t_sched) * 1e3)
                 frame = k
+                self._waited_s = 0.0
+                c_tick = time.thread_time()
+                t_read = time.perf_counter()
                 try:
                     obs = self.robot.read_observation()
                     last_obs = obs
@@ -311,6 +318,8 @@ class ControlLoop:
                     st.sensor_errors += 1
                     st.last_error = f"read_observation: {e}"
                     obs = None
+                robot_s = time.perf_counter() - t_read
+                robot_cpu = time.thread_time() - c_tick
                 if obs is not None:
                     with self._cond:
                         self._submitted[frame] = time.monotonic()
@@ -319,11 +328,16 @@ class ControlLoop:
                 else:  # nothing to send: hold still on the last good reading
                     st.missed_deadlines += 1
                     kind, action = SAFE, safe_action(self.robot.layout, last_obs.state, self._last_action)
+                t_apply, c_apply = time.perf_counter(), time.thread_time()
                 self.robot.apply_action(action)
+                robot_s += time.perf_counter() - t_apply
+                robot_cpu += time.thread_time() - c_apply
                 self._last_action = action
                 st.record_tick(kind)
                 done = time.monotonic()
                 st.tick_work_ms.append((done - now) * 1e3)
+                st.agent_work_ms.append(max(0.0, (done - now) - robot_s - self._waited_s) * 1e3)
+                st.agent_cpu_ms.append(max(0.0, time.thread_time() - c_tick - robot_cpu) * 1e3)
                 if done - t_sched > period:
                     st.overruns += 1
                 if self.on_tick is not None:

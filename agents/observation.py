@@ -36,6 +36,7 @@ class EncodedFrame:
     raw_bytes: int  # images + state as captured
     wire_bytes: int  # serialized Observation
     encode_s: float
+    encode_cpu_s: float = 0.0  # this thread's CPU time (robust to preemption on a busy machine)
 
 
 FRAME_MODES = ("original", "bicubic", "numpy")
@@ -70,7 +71,7 @@ class ObservationEncoder:
         return (int(spec.height), int(spec.width)) if spec is not None and spec.height and spec.width else None
 
     def encode(self, frame_index: int, obs: RobotObservation) -> EncodedFrame:
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.thread_time()
         state = np.asarray(obs.state, dtype=np.float32).reshape(-1)
         msg = pb.Observation(frame_index=int(frame_index), timestamp=float(obs.timestamp))
         to_tensor(state, msg.proprio)
@@ -100,4 +101,5 @@ class ObservationEncoder:
                 to_tensor(np.asarray(pose.extrinsics, dtype=np.float32).reshape(4, 4), cf.extrinsics)
                 k = scale_intrinsics(pose.intrinsics, src.shape[:2], img.shape[:2])
                 to_tensor(k, cf.intrinsics)
-        return EncodedFrame(msg, raw, msg.ByteSize(), time.perf_counter() - t0)
+        size = msg.ByteSize()
+        return EncodedFrame(msg, raw, size, time.perf_counter() - t0, time.thread_time() - c0)

@@ -60,7 +60,11 @@ class ControlStats:
     jitter_ms: list[float] = field(default_factory=list)  # tick start - scheduled start
     rtt_ms: list[float] = field(default_factory=list)  # observation submitted -> its answer received
     tick_work_ms: list[float] = field(default_factory=list)  # tick start -> action applied
+    # the agent's own work in a tick: without the robot's read/apply and without waiting for the answer
+    agent_work_ms: list[float] = field(default_factory=list)
     encode_ms: list[float] = field(default_factory=list)
+    encode_cpu_ms: list[float] = field(default_factory=list)  # the encoder thread's CPU time per frame
+    agent_cpu_ms: list[float] = field(default_factory=list)  # the loop thread's CPU time per tick (robot read/apply excluded)
     raw_bytes_per_frame: list[int] = field(default_factory=list)
     wire_bytes_per_frame: list[int] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
@@ -110,7 +114,10 @@ class ControlStats:
             "jitter_ms": _dist(self.jitter_ms),
             "rtt_ms": _dist(self.rtt_ms),
             "tick_work_ms": _dist(self.tick_work_ms),
+            "agent_work_ms": _dist(self.agent_work_ms),
             "encode_ms": _dist(self.encode_ms),
+            "encode_cpu_ms": _dist(self.encode_cpu_ms),
+            "agent_cpu_ms": _dist(self.agent_cpu_ms),
             "raw_bytes_per_frame": int(np.mean(self.raw_bytes_per_frame)) if self.raw_bytes_per_frame else 0,
             "wire_bytes_per_frame": int(np.mean(self.wire_bytes_per_frame)) if self.wire_bytes_per_frame else 0,
             "accounted": self.accounted(),
@@ -145,6 +152,7 @@ class ControlStats:
             "  " + d("jitter_ms"),
             "  " + d("rtt_ms"),
             "  " + d("tick_work_ms"),
+            "  " + d("agent_work_ms"),
             "  " + d("encode_ms"),
         ]
         if self.problem:
