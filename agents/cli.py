@@ -136,7 +136,7 @@ def cmd_bridge(a: argparse.Namespace) -> int:
     else:
         from xvla.agents.bridges.http_act import HttpActBridge
 
-        bridge = HttpActBridge(cc, cfg)
+        bridge = HttpActBridge(cc, cfg, bgr_jpeg=a.official_bgr_jpeg)
 
     async def main() -> None:
         task = asyncio.ensure_future(bridge.serve_forever())
@@ -196,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="behavior: the evaluator's task list (2026: B100_task_misc.csv; default: the 2025 list for 256-d proprio)")
     br.add_argument("--state-order", choices=["action_aligned", "b1k_baseline"], default="action_aligned",
                     help="behavior: order of the 23-d state cut from the raw proprio (default action_aligned)")
+    br.add_argument("--official-bgr-jpeg", action="store_true",
+                    help="http: decode JPEG/PNG bytes to BGR and feed them as RGB, as the official X-VLA server does "
+                         "(default: correct RGB colours)")
     br.add_argument("--api-token", default=os.environ.get("XVLA_ZMQ_TOKEN"), help="zmq: require this api_token in requests")
     br.set_defaults(func=cmd_bridge)
     return ap
