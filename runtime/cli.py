@@ -27,9 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", type=Path, help="bundle folder (xvla-export output)")
     src.add_argument("--routes", type=Path, help="routes.yaml: skill -> bundle routing table (docs/serving.md)")
-    p.add_argument("--preset", default="tiny-r1pro-v20",
-                   help="with neither --bundle nor --routes: the seeded preset to export and serve "
-                        "(default tiny-r1pro-v20: the R1Pro BEHAVIOR-style default that xvla-agent run simulates)")
+    from xvla.runtime.artifacts import DEFAULT_PRESET
+
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"with neither --bundle nor --routes: the seeded preset to export and serve "
+                        f"(default {DEFAULT_PRESET}: the R1Pro BEHAVIOR-style default that xvla-agent run simulates)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for the exported default bundle")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port, printed at start)")

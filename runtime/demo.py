@@ -42,7 +42,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=30.0, help="robot control rate, Hz")
     p.add_argument("--bundle", type=Path, help="serve this bundle instead of the tiny default")
-    p.add_argument("--preset", default="tiny-r1pro-v20",
+    from xvla.runtime.artifacts import DEFAULT_PRESET
+
+    p.add_argument("--preset", default=DEFAULT_PRESET,
                    help="seeded preset to export and serve (R1Pro 23-d actions, task + skill prompts; the xvla-serve default)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--mode", choices=["temporal_ensemble", "receding_horizon", "rtc"], default="temporal_ensemble")
