@@ -190,3 +190,30 @@ def test_task_ids_map_by_name_or_are_refused_naming_the_known_tasks(fake, tmp_pa
     finally:
         b.close()
     assert fake.record.headers[0].task_id == 1
+
+
+def test_cli_bridge_behavior_serves_num_envs_ports_from_one_process(fake, tmp_path):
+    import signal
+    import subprocess
+    import sys
+
+    from tests.agents.helpers import free_port
+
+    port = free_port()
+    table = tmp_path / "tasks.json"
+    table.write_text(json.dumps({"picking_up_trash": 60}))
+    p = subprocess.Popen([sys.executable, "-m", "xvla.agents.cli", "bridge", "behavior", "--target", fake.target,
+                          "--host", "127.0.0.1", "--port", str(port), "--num-envs", "2", "--task-table", str(table)],
+                         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        c = EvaluatorClient("127.0.0.1", port + 1, 2026, health_timeout_s=30)
+        np.testing.assert_array_equal(c.act(observation(2026, task_id=60)), fake_action(0))
+        c.close()
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/status", timeout=10) as r:
+            st = json.loads(r.read())
+        assert st["ready"] and st["ports"] == [port, port + 1] and st["config"]["task_table"] == "custom"
+    finally:
+        p.send_signal(signal.SIGTERM)
+        rc = p.wait(timeout=30)
+    assert rc == 0, p.stderr.read()[-2000:]
+    assert fake.record.headers[-1].task_id == 1  # 60 -> picking_up_trash -> the policy's task 1
