@@ -77,8 +77,18 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     header = default_header(a.rate, instruction=a.instruction, task_id=a.task_id)
     header.execution.CopyFrom(_execution(a))
-    loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout)
+    loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout,
+                          frames=a.frames)
     with PolicyClient(client_config(a)) as client:
+        if a.task_id < 0:  # a policy with task prompts (BEHAVIOR v20) needs one: take its first, say so
+            try:
+                tasks = list(client.describe(timeout=a.connect_timeout + 1.0).tasks)
+            except Exception:  # noqa: BLE001 - no service yet: the loop reports and backs off itself
+                tasks = []
+            if tasks:
+                header.task_id = tasks[0].id
+                print(f"xvla-agent: task {tasks[0].id} ({tasks[0].name}), the first of the policy's {len(tasks)} tasks "
+                      "(--task-id chooses)", file=sys.stderr)
         loop = ControlLoop(SimR1Pro(), client, header, loop_cfg)
         signal.signal(signal.SIGINT, lambda *_: loop.stop())
         signal.signal(signal.SIGTERM, lambda *_: loop.stop())
@@ -111,7 +121,12 @@ def cmd_bridge(a: argparse.Namespace) -> int:
         execution=_execution(a),
     )
     cc = client_config(a)
-    if a.protocol == "openpi":
+    if a.protocol == "behavior":
+        from xvla.agents.bridges.behavior import BehaviorBridge, BehaviorOptions, load_task_table
+
+        bridge = BehaviorBridge(cc, cfg, BehaviorOptions(num_envs=a.num_envs, task_table=load_task_table(a.task_table),
+                                                         state_order=a.state_order))
+    elif a.protocol == "openpi":
         from xvla.agents.bridges.openpi_ws import OpenpiBridge
 
         bridge = OpenpiBridge(cc, cfg)
@@ -122,7 +137,7 @@ def cmd_bridge(a: argparse.Namespace) -> int:
     else:
         from xvla.agents.bridges.http_act import HttpActBridge
 
-        bridge = HttpActBridge(cc, cfg)
+        bridge = HttpActBridge(cc, cfg, bgr_jpeg=a.official_bgr_jpeg)
 
     async def main() -> None:
         task = asyncio.ensure_future(bridge.serve_forever())
@@ -154,6 +169,9 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
     run.add_argument("--hold-timeout", type=float, default=0.5, help="execute the held plan this long, then the safe action")
     run.add_argument("--reply-deadline", type=float, default=None, help="wait this long for a frame's answer (default 60%% of a tick)")
+    run.add_argument("--frames", choices=["original", "bicubic", "numpy"], default="original",
+                     help="send camera frames as captured (the server resizes by the bundle contract; default), "
+                          "shrunk on the robot with the same pillow bicubic, or with the numpy box filter")
     run.set_defaults(func=cmd_run)
 
     desc = sub.add_parser("describe", help="print what the served policy expects and produces")
@@ -161,7 +179,8 @@ def build_parser() -> argparse.ArgumentParser:
     desc.set_defaults(func=cmd_describe)
 
     br = sub.add_parser("bridge", help="serve a protocol other robot stacks speak, forwarding to the gRPC service")
-    br.add_argument("protocol", choices=["openpi", "zmq", "http"])
+    br.add_argument("protocol", choices=["behavior", "openpi", "zmq", "http"],
+                    help="behavior: the BEHAVIOR-1K 2025/2026 evaluators (docs/behavior.md); openpi: plain openpi clients")
     _add_client_args(br)
     br.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
     br.add_argument("--port", type=int, required=True, help="listen port")
@@ -172,6 +191,15 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("--instruction", default="", help="task instruction for sessions")
     br.add_argument("--mode", choices=sorted(MODES), default="default", help="chunk execution mode")
     br.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
+    br.add_argument("--num-envs", type=int, default=1,
+                    help="behavior: one endpoint per evaluator environment on ports PORT..PORT+N-1 (default 1)")
+    br.add_argument("--task-table", default=None,
+                    help="behavior: the evaluator's task list (2026: B100_task_misc.csv; default: the 2025 list for 256-d proprio)")
+    br.add_argument("--state-order", choices=["action_aligned", "b1k_baseline"], default="action_aligned",
+                    help="behavior: order of the 23-d state cut from the raw proprio (default action_aligned)")
+    br.add_argument("--official-bgr-jpeg", action="store_true",
+                    help="http: decode JPEG/PNG bytes to BGR and feed them as RGB, as the official X-VLA server does "
+                         "(default: correct RGB colours)")
     br.add_argument("--api-token", default=os.environ.get("XVLA_ZMQ_TOKEN"), help="zmq: require this api_token in requests")
     br.set_defaults(func=cmd_bridge)
     return ap

@@ -319,11 +319,18 @@ class StreamCounters:
     bytes_sent: int = 0
     last_error: str = ""
     target: str = ""
+    # A robot/policy mismatch (the service refuses this robot's observations) does not go away by
+    # reconnecting: it is reported once, here and in the log, and reconnects back off (capped).
+    problem: str = ""
+    backoffs: int = 0  # sessions that ended without an answer, followed by a back-off delay
 
     @property
     def reconnects(self) -> int:
         return max(0, self.sessions - 1)
 
+
+# Stream end codes that mean "this robot's observations do not fit this policy" (not an outage).
+REFUSAL_CODES = ("INVALID_ARGUMENT", "FAILED_PRECONDITION", "OUT_OF_RANGE", "UNIMPLEMENTED")
 
 ReplyCallback = Callable[[pb.ActionReply, float], None]
 StateCallback = Callable[[bool, "pb.SessionAccepted | None", str], None]
@@ -396,16 +403,31 @@ class RobotStream:
             try:
                 session = await self._client.open_stream(self._header)
             except (ServiceUnavailable, SessionRejected) as e:
+                if isinstance(e, SessionRejected) and str(e) != self.counters.problem:
+                    self.counters.problem = str(e)
+                    log.error("the policy service refuses this robot's session: %s (retrying with back-off)", e)
                 self.counters.last_error = str(e)  # before the count: readers poll the count
                 self.counters.connect_failures += 1
                 await self._sleep(self._backoff.next_delay())
                 continue
-            self._backoff.reset()
             self.counters.sessions += 1
             self.counters.target = session.target
+            replies_before = self.counters.replies
             reason = await self._pump(session)
-            if not self._closing.is_set():
-                self.counters.last_error = reason
+            if self._closing.is_set():
+                break
+            self.counters.last_error = reason
+            refused = any(code in reason for code in REFUSAL_CODES)
+            if refused and reason != self.counters.problem:
+                self.counters.problem = reason
+                log.error("the policy service refuses this robot's observations: %s "
+                          "(reconnecting with back-off; this will not go away until robot or policy change)", reason)
+            if refused or self.counters.replies == replies_before:
+                # An error that comes back at once (mismatch, crash loop): never reconnect every tick.
+                self.counters.backoffs += 1
+                await self._sleep(self._backoff.next_delay())
+            else:
+                self._backoff.reset()
             # Prefer another target next time: the one that just failed is the least likely to work.
             self._client.rotate()
 

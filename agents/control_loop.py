@@ -47,6 +47,7 @@ class LoopConfig:
     hold_timeout_s: float = 0.5  # trust the held plan this long after the last answer
     start_timeout_s: float = 5.0  # wait this long for the first session before the clock starts
     send_poses: bool | None = None  # None: only to cameras whose spec says needs_pose
+    frames: str = "original"  # original | bicubic | numpy (agents/observation.py)
     # Python hands the GIL over every 5 ms by default; the loop thread waking from its sleep
     # may wait that long behind the encoder or the gRPC thread. 1 ms keeps jitter small.
     switch_interval_s: float | None = 0.001
@@ -126,7 +127,7 @@ class ControlLoop:
         self.on_tick = on_tick
         self.stats = ControlStats(rate_hz=self.config.rate_hz)
         self.policy: pb.DescribeResponse | None = None
-        self._encoder = ObservationEncoder(send_poses=self.config.send_poses)
+        self._encoder = ObservationEncoder(send_poses=self.config.send_poses, frames=self.config.frames)
         self._cond = threading.Condition()
         self._replies: dict[int, tuple[pb.ActionReply, float]] = {}
         self._submitted: dict[int, float] = {}
@@ -139,6 +140,7 @@ class ControlLoop:
         self._stream: RobotStream | None = None
         self._last_action: np.ndarray | None = None
         self._dim_error = ""
+        self._waited_s = 0.0
 
     # -- callbacks from the client's event loop ----------------------------------------
     def _on_state(self, connected: bool, accepted: pb.SessionAccepted | None, reason: str) -> None:
@@ -152,7 +154,8 @@ class ControlLoop:
                 if dim and dim != self.robot.layout.dim
                 else ""
             )
-            if self._dim_error:
+            if self._dim_error and self._dim_error != self.stats.problem:
+                self.stats.problem = self._dim_error  # reported once, and in the run's summary
                 log.error("%s: its actions will not be executed", self._dim_error)
             self._connected.set()
         else:
@@ -210,6 +213,7 @@ class ControlLoop:
                 continue
             with self._cond:
                 self.stats.encode_ms.append(enc.encode_s * 1e3)
+                self.stats.encode_cpu_ms.append(enc.encode_cpu_s * 1e3)
                 self.stats.raw_bytes_per_frame.append(enc.raw_bytes)
                 self.stats.wire_bytes_per_frame.append(enc.wire_bytes)
             stream.send(enc.observation)
@@ -225,7 +229,9 @@ class ControlLoop:
                 left = deadline - time.monotonic()
                 if left <= 0:
                     break
+                t_wait = time.perf_counter()
                 self._cond.wait(left)
+                self._waited_s += time.perf_counter() - t_wait
             entry = self._replies.pop(frame, None)
             self._acted_frame = frame
             for f in [f for f in self._replies if f < frame]:
@@ -299,6 +305,9 @@ class ControlLoop:
                     t_sched = t0 + k * period
                 st.jitter_ms.append((now - t_sched) * 1e3)
                 frame = k
+                self._waited_s = 0.0
+                c_tick = time.thread_time()
+                t_read = time.perf_counter()
                 try:
                     obs = self.robot.read_observation()
                     last_obs = obs
@@ -308,6 +317,8 @@ class ControlLoop:
                     st.sensor_errors += 1
                     st.last_error = f"read_observation: {e}"
                     obs = None
+                robot_s = time.perf_counter() - t_read
+                robot_cpu = time.thread_time() - c_tick
                 if obs is not None:
                     with self._cond:
                         self._submitted[frame] = time.monotonic()
@@ -316,11 +327,16 @@ class ControlLoop:
                 else:  # nothing to send: hold still on the last good reading
                     st.missed_deadlines += 1
                     kind, action = SAFE, safe_action(self.robot.layout, last_obs.state, self._last_action)
+                t_apply, c_apply = time.perf_counter(), time.thread_time()
                 self.robot.apply_action(action)
+                robot_s += time.perf_counter() - t_apply
+                robot_cpu += time.thread_time() - c_apply
                 self._last_action = action
                 st.record_tick(kind)
                 done = time.monotonic()
                 st.tick_work_ms.append((done - now) * 1e3)
+                st.agent_work_ms.append(max(0.0, (done - now) - robot_s - self._waited_s) * 1e3)
+                st.agent_cpu_ms.append(max(0.0, time.thread_time() - c_tick - robot_cpu) * 1e3)
                 if done - t_sched > period:
                     st.overruns += 1
                 if self.on_tick is not None:
@@ -340,4 +356,6 @@ class ControlLoop:
             st.observations_lost = c.lost
             st.sessions, st.reconnects, st.connect_failures = c.sessions, c.reconnects, c.connect_failures
             st.last_error = st.last_error or c.last_error
+            st.problem = st.problem or c.problem
+            st.backoffs = c.backoffs
         return st

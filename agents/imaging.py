@@ -37,9 +37,25 @@ def check_image(image: np.ndarray, field: str = "image") -> np.ndarray:
 
 
 def as_rgb8(image: np.ndarray, field: str = "image") -> np.ndarray:
-    """HxWx3 uint8 RGB, contiguous (drops alpha)."""
+    """HxWx3 uint8 RGB, contiguous (drops alpha).
+
+    RGBA -> RGB with pillow when it is installed (a SIMD byte shuffle: ~0.6 ms for BEHAVIOR's
+    720x720 head frame, against ~5 ms for numpy's strided copy); numpy otherwise.
+    """
     a = check_image(image, field)
-    return np.ascontiguousarray(a[:, :, :3]) if a.shape[2] == 4 else np.ascontiguousarray(a)
+    if a.shape[2] == 4:
+        rgb = _rgba_to_rgb_pillow(a)
+        return rgb if rgb is not None else np.ascontiguousarray(a[:, :, :3])
+    return np.ascontiguousarray(a)
+
+
+def _rgba_to_rgb_pillow(a: np.ndarray) -> np.ndarray | None:
+    try:
+        from PIL import Image
+    except ImportError:  # the robot install may not have pillow
+        return None
+    a = np.ascontiguousarray(a)
+    return np.asarray(Image.frombuffer("RGBA", (a.shape[1], a.shape[0]), a, "raw", "RGBA", 0, 1).convert("RGB"))
 
 
 @lru_cache(maxsize=64)

@@ -54,11 +54,17 @@ class ControlStats:
     reconnects: int = 0
     connect_failures: int = 0
     last_error: str = ""
+    problem: str = ""  # a robot/policy mismatch the service (or the agent) reported: reported once
+    backoffs: int = 0  # reconnects that waited (exponential, capped) because the session made no progress
     scheduling: str = "default"  # what the loop thread ran with (SCHED_FIFO:10, nice:-5, default)
     jitter_ms: list[float] = field(default_factory=list)  # tick start - scheduled start
     rtt_ms: list[float] = field(default_factory=list)  # observation submitted -> its answer received
     tick_work_ms: list[float] = field(default_factory=list)  # tick start -> action applied
+    # the agent's own work in a tick: without the robot's read/apply and without waiting for the answer
+    agent_work_ms: list[float] = field(default_factory=list)
     encode_ms: list[float] = field(default_factory=list)
+    encode_cpu_ms: list[float] = field(default_factory=list)  # the encoder thread's CPU time per frame
+    agent_cpu_ms: list[float] = field(default_factory=list)  # the loop thread's CPU time per tick (robot read/apply excluded)
     raw_bytes_per_frame: list[int] = field(default_factory=list)
     wire_bytes_per_frame: list[int] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
@@ -102,11 +108,16 @@ class ControlStats:
             "reconnects": self.reconnects,
             "connect_failures": self.connect_failures,
             "last_error": self.last_error,
+            "problem": self.problem,
+            "backoffs": self.backoffs,
             "scheduling": self.scheduling,
             "jitter_ms": _dist(self.jitter_ms),
             "rtt_ms": _dist(self.rtt_ms),
             "tick_work_ms": _dist(self.tick_work_ms),
+            "agent_work_ms": _dist(self.agent_work_ms),
             "encode_ms": _dist(self.encode_ms),
+            "encode_cpu_ms": _dist(self.encode_cpu_ms),
+            "agent_cpu_ms": _dist(self.agent_cpu_ms),
             "raw_bytes_per_frame": int(np.mean(self.raw_bytes_per_frame)) if self.raw_bytes_per_frame else 0,
             "wire_bytes_per_frame": int(np.mean(self.wire_bytes_per_frame)) if self.wire_bytes_per_frame else 0,
             "accounted": self.accounted(),
@@ -135,13 +146,17 @@ class ControlStats:
             f"  replies       {self.replies}  late {self.late_replies}  invalid {self.invalid_replies}  starved {self.starved_replies}"
             + (f"  sensor errors {self.sensor_errors}" if self.sensor_errors else ""),
             f"  observations  sent {self.observations_sent}  dropped {self.observations_dropped}  lost {self.observations_lost}",
-            f"  sessions      {self.sessions}  reconnects {self.reconnects}  connect failures {self.connect_failures}",
+            f"  sessions      {self.sessions}  reconnects {self.reconnects}  connect failures {self.connect_failures}"
+            + (f"  backed off {self.backoffs}" if self.backoffs else ""),
             f"  bytes/frame   raw {s['raw_bytes_per_frame']:,}  wire {s['wire_bytes_per_frame']:,}",
             "  " + d("jitter_ms"),
             "  " + d("rtt_ms"),
             "  " + d("tick_work_ms"),
+            "  " + d("agent_work_ms"),
             "  " + d("encode_ms"),
         ]
-        if self.last_error:
+        if self.problem:
+            lines.append(f"  MISMATCH      {self.problem}")
+        if self.last_error and self.last_error != self.problem:
             lines.append(f"  last error    {self.last_error}")
         return "\n".join(lines)

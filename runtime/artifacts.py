@@ -1,4 +1,4 @@
-"""The tiny default bundle that ``xvla-serve`` (no --bundle) and ``xvla-demo`` serve, exported once and cached.
+"""The embedded default bundle that ``xvla-serve`` (no --bundle) and ``xvla-demo`` serve, exported once and cached.
 
 Exporting needs torch, which the serving process must not import: the export runs as a
 subprocess (``python -m xvla.export.cli --preset tiny --out DIR``), so this is the only place
@@ -18,9 +18,13 @@ from xvla.runtime.bundle import Bundle, BundleError
 log = logging.getLogger(__name__)
 
 DEFAULT_ARTIFACTS = Path(os.environ.get("XVLA_ARTIFACTS", "artifacts"))
+# The one embedded default (``xvla-serve`` without a bundle, ``xvla-demo``): a seeded tiny R1Pro
+# BEHAVIOR-style model (23-d actions, task + skill prompts, skill classifier, progress head), so it
+# fits the simulated R1Pro of ``xvla-agent run`` and the BEHAVIOR bridges.
+DEFAULT_PRESET = "tiny-r1pro-v20"
 
 
-def ensure_bundle(preset: str = "tiny", artifacts: str | Path = DEFAULT_ARTIFACTS, seed: int = 0) -> Path:
+def ensure_bundle(preset: str = DEFAULT_PRESET, artifacts: str | Path = DEFAULT_ARTIFACTS, seed: int = 0) -> Path:
     """``artifacts/<preset>`` as a checked bundle, exporting it first if it is missing or fails its checks."""
     out = Path(artifacts).resolve() / preset
     if (out / "manifest.json").is_file():

@@ -2,7 +2,7 @@
 
     xvla-serve --bundle artifacts/tiny --port 50051
     xvla-serve --routes routes.yaml --port 50051 --providers cuda --metrics-port 9090
-    xvla-serve                       # no bundle: exports (once, cached in ./artifacts) and serves the tiny default
+    xvla-serve                       # no bundle: exports (once, cached in ./artifacts) and serves the tiny R1Pro v20 default
 
 SIGTERM / SIGINT shut down gracefully: health NOT_SERVING, open streams end with UNAVAILABLE,
 unary calls get --grace seconds.
@@ -27,7 +27,11 @@ def build_parser() -> argparse.ArgumentParser:
     src = p.add_mutually_exclusive_group()
     src.add_argument("--bundle", type=Path, help="bundle folder (xvla-export output)")
     src.add_argument("--routes", type=Path, help="routes.yaml: skill -> bundle routing table (docs/serving.md)")
-    p.add_argument("--preset", default="tiny", help="with neither --bundle nor --routes: the preset to export and serve")
+    from xvla.runtime.artifacts import DEFAULT_PRESET
+
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help=f"with neither --bundle nor --routes: the seeded preset to export and serve "
+                        f"(default {DEFAULT_PRESET}: the R1Pro BEHAVIOR-style default that xvla-agent run simulates)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for the exported default bundle")
     p.add_argument("--host", default="0.0.0.0")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port, printed at start)")

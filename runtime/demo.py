@@ -1,6 +1,6 @@
 """``xvla-demo``: the README's main job, end to end on one machine.
 
-1. export (once, cached in ./artifacts/tiny) the tiny seeded default bundle;
+1. export (once, cached in ./artifacts/tiny-r1pro-v20) the seeded default bundle (the same as ``xvla-serve``'s);
 2. start ``xvla-serve`` on it in a subprocess on a free loopback port and wait for health SERVING;
 3. run the robot-side agent (``xvla-agent run``) with a simulated Galaxea R1Pro against it:
    a 30 Hz control loop streaming head + wrist cameras and the 23-d state for a few seconds;
@@ -40,7 +40,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seconds", type=float, default=10.0)
     p.add_argument("--rate", type=float, default=30.0, help="robot control rate, Hz")
     p.add_argument("--bundle", type=Path, help="serve this bundle instead of the tiny default")
-    p.add_argument("--preset", default="tiny-r1pro", help="seeded preset to export and serve (R1Pro 23-d actions)")
+    from xvla.runtime.artifacts import DEFAULT_PRESET
+
+    p.add_argument("--preset", default=DEFAULT_PRESET,
+                   help="seeded preset to export and serve (R1Pro 23-d actions, task + skill prompts; the xvla-serve default)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"))
     p.add_argument("--mode", choices=["temporal_ensemble", "receding_horizon", "rtc"], default="temporal_ensemble")
     p.add_argument("--providers", default="cpu")

@@ -32,14 +32,22 @@ from xvla.agents.client import (
 )
 from xvla.agents.observation import ObservationEncoder
 from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
-from xvla.core.tensors import tensor_to_numpy
+from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 
 log = logging.getLogger(__name__)
 
 
 class PolicyError(RuntimeError):
-    """The policy service could not produce an answer; the message is safe to show the client."""
+    """The policy service could not produce an answer; the message is safe to show the client.
+
+    ``code``: the gRPC status name when the service itself refused the request (e.g.
+    ``INVALID_ARGUMENT`` for a domain id out of range: the client's fault, not an outage).
+    """
+
+    def __init__(self, message: str, code: str = "") -> None:
+        super().__init__(message)
+        self.code = code
 
 
 @dataclass
@@ -211,8 +219,9 @@ class LockstepSession:
         raise AssertionError("unreachable")
 
     async def chunk(self, observation: pb.Observation, task_id: int | None, k: int | None = None, steps: int = 0,
-                    instruction: str | None = None, domain_id: int | None = None) -> tuple[np.ndarray, pb.InferResponse]:
-        """A whole action chunk for one observation (unary Infer): [k or T, D]."""
+                    instruction: str | None = None, domain_id: int | None = None,
+                    noise: np.ndarray | None = None) -> tuple[np.ndarray, pb.InferResponse]:
+        """A whole action chunk for one observation (unary Infer): [k or T, D]; ``noise`` [T, Dm] fixes the draw."""
         header = self._header(task_id)
         if steps:
             header.execution.denoising_steps = steps
@@ -221,14 +230,15 @@ class LockstepSession:
         if domain_id is not None:
             header.domain_id = domain_id
         observation.frame_index = self._frame
+        request = pb.InferRequest(session=header, observation=observation)
+        if noise is not None:
+            request.noise.CopyFrom(numpy_to_tensor(np.ascontiguousarray(noise, np.float32)))
         try:
-            resp = await self.core._client().infer(
-                pb.InferRequest(session=header, observation=observation), timeout=self.core.config.reply_timeout_s
-            )
+            resp = await self.core._client().infer(request, timeout=self.core.config.reply_timeout_s)
         except ServiceUnavailable as e:
             raise PolicyError(f"policy service unavailable: {e}") from e
         except aio.AioRpcError as e:
-            raise PolicyError(f"policy service error: {e.code().name}: {e.details()}") from e
+            raise PolicyError(f"policy service error: {e.code().name}: {e.details()}", e.code().name) from e
         actions = tensor_to_numpy(resp.actions, "response.actions").astype(np.float32)
         if actions.ndim != 2:
             raise PolicyError(f"policy returned actions of shape {list(actions.shape)}, expected [T, D]")

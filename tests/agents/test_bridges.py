@@ -76,7 +76,8 @@ def test_real_openpi_client_drives_the_websocket_bridge(openpi, server):
     assert len({sid for sid, *_ in seen}) == 1
     _, _, cams, proprio_dim = seen[-1]
     assert proprio_dim == 256  # the raw BEHAVIOR proprio, for the service to extract
-    assert {n: c[:2] for n, c in cams.items()} == {"head": (224, 224), "left_wrist": (224, 224), "right_wrist": (224, 224)}
+    # frames as captured (alpha dropped): the service resizes them by the bundle contract (bicubic)
+    assert {n: c[:2] for n, c in cams.items()} == {"head": (720, 720), "left_wrist": (480, 480), "right_wrist": (480, 480)}
     assert server.record.headers[-1].task_id == 1 and server.record.headers[-1].domain_id == 19
     assert server.record.infer_requests[-1][0].session.task_id == 1  # the chunk request went through Infer
 
@@ -254,7 +255,8 @@ def test_http_act_round_trip_with_the_xvla_client_payload(http, server):
     req, info = server.record.infer_requests[-1]
     assert req.session.instruction == "turn on the radio" and req.session.domain_id == 19
     assert req.session.execution.denoising_steps == 10
-    assert {n: c[:2] for n, c in info["cameras"].items()} == {"head": (224, 224), "left_wrist": (224, 224)}
+    # frames go out at their own size: the service resizes them by the bundle contract (bicubic)
+    assert {n: c[:2] for n, c in info["cameras"].items()} == {"head": (720, 720), "left_wrist": (480, 480)}
     # JPEG bytes pass through encoded (the service decodes them), plain lists work too.
     jpeg = np.frombuffer(b"\xff\xd8\xff\xe0" + b"\x00" * 60, np.uint8)
     status, out = _post(f"{http}/act", json.dumps(dict(payload, image0=json_numpy_dumps(jpeg), proprio=[0.0] * 23)).encode())
@@ -266,13 +268,15 @@ def test_http_act_round_trip_with_the_xvla_client_payload(http, server):
 
 @pytest.mark.parametrize("mutate,status,match", [
     (lambda p: p.pop("language_instruction"), 400, "language_instruction: missing"),
-    (lambda p: p.update(image0=json_numpy_dumps(np.zeros((4, 4), np.uint8))), 400, "image0: expected an HxWx3"),
+    (lambda p: p.update(image0=json_numpy_dumps(np.zeros((4, 4, 2), np.uint8))), 400, "image0: expected an HxWx3"),
     (lambda p: p.update(proprio=json_numpy_dumps(np.zeros(7, np.float32))), 400, "proprio: 7 values"),
     (lambda p: p.update(steps="many"), 400, "steps: not an integer"),
     (lambda p: p.pop("image0"), 400, "image0: no valid images"),
+    (lambda p: p.pop("domain_id"), 400, "domain_id: missing"),
+    (lambda p: p.update(image0=json.dumps("/no/such/image.png")), 400, "image0: no image file"),
 ])
 def test_http_act_bad_payloads(http, mutate, status, match):
-    payload = {"proprio": json_numpy_dumps(np.zeros(23, np.float32)), "language_instruction": "x",
+    payload = {"proprio": json_numpy_dumps(np.zeros(23, np.float32)), "language_instruction": "x", "domain_id": 19,
                "image0": json_numpy_dumps(np.zeros((64, 64, 3), np.uint8))}
     mutate(payload)
     code, out = _post(f"{http}/act", json.dumps(payload).encode())
@@ -281,10 +285,12 @@ def test_http_act_bad_payloads(http, mutate, status, match):
 
 def test_http_act_rejects_garbage_and_oversized_bodies(http):
     code, out = _post(f"{http}/act", b"{not json")
-    assert code == 400 and "not valid JSON" in out["error"]
+    assert code == 422 and out["detail"][0]["type"] == "json_invalid"  # FastAPI's shape, as the official server
+    code, out = _post(f"{http}/act", b"[1, 2]")
+    assert code == 422 and out["detail"][0]["type"] == "dict_type"
     code, out = _post(f"{http}/act", b"[" + b"0," * (3 * 1024 * 1024) + b"0]")
     assert code == 413 and "exceeds the limit" in out["error"]
-    code, out = _post(f"{http}/act", json.dumps({"proprio": [0.0] * 23, "language_instruction": "x",
-                                                  "image0": np.zeros((8, 8, 3), int).tolist()}).encode())
+    code, out = _post(f"{http}/act", json.dumps({"proprio": [0.0] * 23, "language_instruction": "x", "domain_id": 19,
+                                                  "image0": np.zeros((8, 8), int).tolist()}).encode())  # grayscale list
     assert code == 200  # and it still serves
 

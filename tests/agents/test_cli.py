@@ -21,7 +21,7 @@ AGENT = [sys.executable, "-m", "xvla.agents.cli"]
 
 def test_run_prints_json_statistics():
     with FakeServer() as srv:
-        r = subprocess.run(AGENT + ["run", "--target", srv.target, "--seconds", "1.5", "--json"],
+        r = subprocess.run(AGENT + ["run", "--target", srv.target, "--seconds", "1.5", "--json", "--frames", "bicubic"],
                            capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
     s = json.loads(r.stdout)
@@ -56,7 +56,8 @@ def test_http_bridge_process_serves_until_sigterm():
                     assert time.monotonic() < deadline and p.poll() is None, p.stderr.read() if p.poll() is not None else "timeout"
                     time.sleep(0.2)
             body = json.dumps({"image0": json_numpy_dumps(np.zeros((224, 224, 3), np.uint8)),
-                               "proprio": json_numpy_dumps(np.zeros(23, np.float32)), "language_instruction": "x"}).encode()
+                               "proprio": json_numpy_dumps(np.zeros(23, np.float32)), "language_instruction": "x",
+                               "domain_id": 19}).encode()
             req = urllib.request.Request(f"http://127.0.0.1:{port}/act", data=body, method="POST",
                                          headers={"Content-Type": "application/json"})
             with urllib.request.urlopen(req, timeout=30) as r:

@@ -95,7 +95,7 @@ def test_ten_seconds_at_30hz_with_zero_skipped_ticks(service):
     assert st.replies >= st.observations_sent - 3 > 250
     a = np.stack(executed)
     assert a.shape == (300, 23) and np.all(np.isfinite(a))
-    assert st.summary()["wire_bytes_per_frame"] < st.summary()["raw_bytes_per_frame"] / 5
+    assert st.summary()["wire_bytes_per_frame"] >= st.summary()["raw_bytes_per_frame"]  # originals: the server resizes
 
 
 @pytest.mark.skipif(not OPENPI_PY.exists(), reason="no .venv-openpi (scripts/setup.sh makes it)")

@@ -105,7 +105,7 @@ def test_encoder_shrinks_frames_to_the_policy_contract():
     obs = sim.read_observation()
     svc = FakePolicyService()
     svc.behaviour.needs_pose = True
-    enc = ObservationEncoder(svc.describe()).encode(7, obs)
+    enc = ObservationEncoder(svc.describe(), frames="bicubic").encode(7, obs)
     m = enc.observation
     assert m.frame_index == 7
     assert [(c.name, c.image.height, c.image.width, len(c.image.data)) for c in m.cameras] == [
@@ -120,6 +120,9 @@ def test_encoder_shrinks_frames_to_the_policy_contract():
     del d.cameras[2]
     m2 = ObservationEncoder(d).encode(0, obs).observation
     assert [c.name for c in m2.cameras] == ["head", "left_wrist"] and not m2.cameras[0].HasField("extrinsics")
+    # The default sends frames as captured: the server resizes them by the bundle's contract.
+    assert [(c.image.height, c.image.width) for c in m2.cameras] == [(720, 720), (480, 480)]
+    assert m2.cameras[0].image.data == obs.images["head"].tobytes()
 
 
 def test_tensor_round_trip_and_size_check():

@@ -170,7 +170,12 @@ def preset_model(preset: str, seed: int = 0) -> LoadedModel:
     cfg = XVLAConfig.preset(preset)
     torch.manual_seed(seed)
     model = XVLA(cfg).eval()
-    return LoadedModel(model, preset, {"kind": "preset", "preset": preset, "seed": int(seed)})
+    vocab: dict[str, Any] = {}
+    if preset.endswith("-r1pro-v20"):  # BEHAVIOR task prompts: name them as the evaluator numbers them
+        from xvla.core.embodiments.behavior_tasks import BEHAVIOR_2025_TASKS
+
+        vocab["tasks"] = list(BEHAVIOR_2025_TASKS[: int(cfg.num_tasks)])
+    return LoadedModel(model, preset, {"kind": "preset", "preset": preset, "seed": int(seed)}, vocab=vocab)
 
 
 def _tokenizer_step(bundle: Path, loaded: LoadedModel, opts: ExportOptions, reporter: Reporter) -> Optional[dict]:
