@@ -72,7 +72,7 @@ def test_torch_cpu_chunk_matches_the_onnx_engines(policies):
 
 
 def test_bf16_parity_is_reported_and_gated(tiny_bundle, monkeypatch):
-    from xvla.export import parity
+    from xvla.export.policies.xvla import parity
     from xvla.runtime.bundle import Bundle
     from xvla.runtime.policies.xvla.torch_engine import create_torch_engines
 
