@@ -96,8 +96,15 @@ async def test_infer_with_the_golden_noise_reproduces_the_official_actions_and_r
             names = [c.name for c in desc.cameras]
             header = pb.SessionHeader(task_id=-1, execution=pb.ExecutionSettings(
                 denoising_steps=len(g["sample.timesteps"])))
-            resp = await stub.Infer(pb.InferRequest(session=header, observation=_golden_observation(g, meta, names),
-                                                    noise=numpy_to_tensor(g["sample.noise_init"][0])), timeout=60)
+            obs = _golden_observation(g, meta, names)
+            noise = numpy_to_tensor(g["sample.noise_init"][0])
+            resp = await stub.Infer(pb.InferRequest(session=header, observation=obs, noise=noise), timeout=60)
+            # the session's bound on the reasoning: greedy, so 3 tokens are the first 3 of the 8
+            header.max_new_tokens = 3
+            short = await stub.Infer(pb.InferRequest(session=header, observation=obs, noise=noise), timeout=60)
+            header.max_new_tokens = 0
+            with pytest.raises(grpc.aio.AioRpcError) as bad:
+                await stub.Infer(pb.InferRequest(session=header, observation=obs, noise=noise), timeout=60)
         tokenizer = server.service.gate_policy.pre.tokenizer
     assert desc.policy_kind == "dexvla" and names == ["cam_high", "cam_left_wrist", "cam_right_wrist"]
     assert desc.horizon == g["e2e.actions"].shape[1] and desc.action_space.dim == 14
@@ -105,6 +112,9 @@ async def test_infer_with_the_golden_noise_reproduces_the_official_actions_and_r
     np.testing.assert_allclose(got, g["e2e.actions_unnormalized"][0], atol=1e-4, rtol=0)
     ids = [int(t) for t in g["gen.new_token_ids"][0] if int(t) != meta["gen_kwargs"]["eos_token_id"]]
     assert resp.text == tokenizer.decode(ids, skip_special_tokens=True) == meta["gen_text"][0]
+    assert short.text == tokenizer.decode(ids[:3], skip_special_tokens=True) != resp.text
+    assert not np.allclose(tensor_to_numpy(short.actions, "actions"), got, atol=1e-3)  # FiLM saw less reasoning
+    assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "session.max_new_tokens" in bad.value.details()
     assert set(resp.timings.stage_ms) >= {"preprocess", "vision", "prefill", "decode_tokens", "condition", "diffusion"}
 
 
