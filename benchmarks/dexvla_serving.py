@@ -55,8 +55,9 @@ def served(bundle: Path, threads: int, repeats: int, new_tokens: int, steps: int
     spec = svc.gate_policy.spec
     obs = _observation([(c, spec.image_size) for c in spec.camera_names], spec.proprio_dims[0])
     policy = svc.gate_policy
-    policy.max_new_tokens = new_tokens  # the bundle's bound for this run (the header has no per-session field)
-    req = pb.InferRequest(session=pb.SessionHeader(task_id=-1, execution=pb.ExecutionSettings(denoising_steps=steps)),
+    header = pb.SessionHeader(task_id=-1, max_new_tokens=new_tokens,
+                              execution=pb.ExecutionSettings(denoising_steps=steps))
+    req = pb.InferRequest(session=header,
                           observation=obs, noise=numpy_to_tensor(noise))
     stages: dict[str, list[float]] = {s: [] for s in (*STAGES, "total", "model", "wall")}
     text = ""
