@@ -264,3 +264,99 @@ def test_the_serving_benchmark_reports_every_stage_for_both_sides(dexvla_bundle,
     out = json.loads(capsys.readouterr().out)
     assert set(out["served_onnxruntime_ms"]) >= set(STAGES) and set(out["pytorch_ms"]) >= set(STAGES[1:])
     assert out["new_tokens"] <= 2 and all(v > 0 for v in out["ort_over_torch"].values())
+
+
+# ---------------------------------------------------------------------------------------------- the agent side
+
+
+class AlohaSim:
+    """A bimanual 14-d robot (ALOHA layout: per arm 6 joint targets + gripper) with DexVLA's three cameras."""
+
+    def __init__(self, cameras: list[str], size: tuple[int, int] = (120, 160)) -> None:
+        from xvla.core.embodiments.layout import ActionLayout, Part, PartKind
+
+        self.layout = ActionLayout("aloha", (Part("left_arm", 0, 6, PartKind.POSITION),
+                                             Part("left_gripper", 6, 7, PartKind.GRIPPER),
+                                             Part("right_arm", 7, 13, PartKind.POSITION),
+                                             Part("right_gripper", 13, 14, PartKind.GRIPPER)))
+        self.cameras, self.size = cameras, size
+        self.state = np.zeros(14, np.float32)
+        self.rng = np.random.default_rng(0)
+        self.frames = [self.rng.integers(0, 256, (*size, 3), dtype=np.uint8) for _ in range(4)]
+        self.n = 0
+
+    def read_observation(self):
+        import time as _time
+
+        from xvla.agents.robot import RobotObservation
+
+        self.n += 1
+        return RobotObservation(images={c: self.frames[(self.n + i) % 4] for i, c in enumerate(self.cameras)},
+                                state=self.state.copy(), timestamp=_time.monotonic())
+
+    def apply_action(self, action: np.ndarray) -> None:
+        self.state = 0.9 * self.state + 0.1 * np.asarray(action, np.float32)
+
+
+@pytest.fixture(scope="module")
+def served_process(dexvla_bundle):
+    """``xvla-serve`` on the DexVLA bundle in its own process (as deployed; one event loop per process)."""
+    import signal
+    import subprocess
+    import sys
+    import time as _time
+
+    from tests.agents.helpers import free_port
+    from xvla.agents.client import ClientConfig, PolicyClient, ServiceUnavailable
+
+    port = free_port()
+    log_path = Path(dexvla_bundle).parent / "serve-dexvla.log"
+    log = open(log_path, "w")
+    proc = subprocess.Popen([sys.executable, "-m", "xvla.runtime.cli", "--bundle", str(dexvla_bundle), "--host",
+                             "127.0.0.1", "--port", str(port), "--threads", "1", "--log-level", "warning",
+                             "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT,
+                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
+    target = f"127.0.0.1:{port}"
+    try:
+        with PolicyClient(ClientConfig([target], connect_timeout_s=1.0)) as client:
+            deadline = _time.monotonic() + 120
+            while True:
+                assert proc.poll() is None, log_path.read_text()[-3000:]
+                try:
+                    desc = client.describe(timeout=5)
+                    break
+                except ServiceUnavailable:
+                    assert _time.monotonic() < deadline, "xvla-serve did not come up in 120 s"
+                    _time.sleep(0.5)
+        yield target, desc
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        log.close()
+
+
+@REALTIME
+@needs_goldens
+def test_the_agent_control_loop_drives_a_simulated_14d_robot_for_300_ticks(served_process):
+    """The robot-side agent (ControlLoop + PolicyClient), unchanged, on a DexVLA policy."""
+    from xvla.agents.client import ClientConfig, PolicyClient
+    from xvla.agents.control_loop import ControlLoop, LoopConfig
+
+    target, desc = served_process
+    robot = AlohaSim([c.name for c in desc.cameras])
+    executed = []
+    header = pb.SessionHeader(robot_id="sim-aloha", task_id=-1, instruction="fold the towel", control_rate_hz=30,
+                              execution=pb.ExecutionSettings(replan_threshold=8))
+    with PolicyClient(ClientConfig([target])) as client:
+        loop = ControlLoop(robot, client, header, LoopConfig(rate_hz=30.0), on_tick=lambda f, k, a: executed.append(a))
+        st = loop.run(ticks=300)
+    assert st.accounted() and st.ticks == 300, st.format()  # every tick: fresh, from the plan, or safe
+    assert st.sessions == 1 and st.reconnects == 0 and st.observations_lost == 0, st.format()
+    assert st.skipped_ticks == 0, st.format()
+    assert st.fresh_ticks + st.plan_ticks >= 270, st.format()  # the policy drove the robot
+    a = np.stack(executed)
+    assert a.shape == (300, 14) and np.all(np.isfinite(a))
