@@ -64,6 +64,14 @@ def build_parser() -> argparse.ArgumentParser:
                    help="tokenizer folder (vocab.json + merges.txt) when the checkpoint ships none")
     p.add_argument("--build-tokenizer", action="store_true",
                    help="without a tokenizer: include the tiny stand-in BPE (tests/demos only)")
+    dex = p.add_argument_group("DexVLA")
+    dex.add_argument("--stats", type=Path, default=None, metavar="JSON",
+                     help="dataset stats (state_mean, state_std, action_min, action_max); default: the "
+                          "checkpoint's dataset_stats.json, else identity")
+    dex.add_argument("--max-new-tokens", type=int, default=None,
+                     help="default bound on the generated reasoning tokens per chunk (32)")
+    dex.add_argument("--image-size", default=None, metavar="HxW",
+                     help="camera size the vision graph is exported for (tiny 56x84, else 240x320)")
     p.add_argument("--no-parity", action="store_true", help="skip the parity gate (not recommended)")
     p.add_argument("--parity-seed", type=int, default=0, help="seed of the parity inputs and noise (0)")
     p.add_argument("--parity-provider", choices=("cpu", "cuda"), default="cpu",

@@ -321,6 +321,7 @@ class SessionHeader(_message.Message):
     EXECUTION_FIELD_NUMBER: _builtins.int
     SKILL_FIELD_NUMBER: _builtins.int
     ROUTE_FIELD_NUMBER: _builtins.int
+    MAX_NEW_TOKENS_FIELD_NUMBER: _builtins.int
     session_id: _builtins.str
     """optional; the server makes one if empty"""
     robot_id: _builtins.str
@@ -336,6 +337,8 @@ class SessionHeader(_message.Message):
     """optional: force this skill (name) instead of gating"""
     route: _builtins.str
     """optional: force a route (bundle name) from the routing table"""
+    max_new_tokens: _builtins.int
+    """kinds that generate text (DexVLA's reasoning): bound per chunk; unset = the bundle's"""
     @_builtins.property
     def execution(self) -> Global___ExecutionSettings: ...
     def __init__(
@@ -350,14 +353,20 @@ class SessionHeader(_message.Message):
         execution: Global___ExecutionSettings | None = ...,
         skill: _builtins.str = ...,
         route: _builtins.str = ...,
+        max_new_tokens: _builtins.int | None = ...,
     ) -> None: ...
-    _HasFieldArgType: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id", "domain_id", b"domain_id", "execution", b"execution"]  # noqa: Y015
+    _HasFieldArgType: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id", "_max_new_tokens", b"_max_new_tokens", "domain_id", b"domain_id", "execution", b"execution", "max_new_tokens", b"max_new_tokens"]  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id", "control_rate_hz", b"control_rate_hz", "domain_id", b"domain_id", "execution", b"execution", "instruction", b"instruction", "robot_id", b"robot_id", "route", b"route", "session_id", b"session_id", "skill", b"skill", "task_id", b"task_id"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id", "_max_new_tokens", b"_max_new_tokens", "control_rate_hz", b"control_rate_hz", "domain_id", b"domain_id", "execution", b"execution", "instruction", b"instruction", "max_new_tokens", b"max_new_tokens", "robot_id", b"robot_id", "route", b"route", "session_id", b"session_id", "skill", b"skill", "task_id", b"task_id"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     _WhichOneofReturnType__domain_id: _TypeAlias = _typing.Literal["domain_id"]  # noqa: Y015
     _WhichOneofArgType__domain_id: _TypeAlias = _typing.Literal["_domain_id", b"_domain_id"]  # noqa: Y015
+    _WhichOneofReturnType__max_new_tokens: _TypeAlias = _typing.Literal["max_new_tokens"]  # noqa: Y015
+    _WhichOneofArgType__max_new_tokens: _TypeAlias = _typing.Literal["_max_new_tokens", b"_max_new_tokens"]  # noqa: Y015
+    @_typing.overload
     def WhichOneof(self, oneof_group: _WhichOneofArgType__domain_id) -> _WhichOneofReturnType__domain_id | None: ...
+    @_typing.overload
+    def WhichOneof(self, oneof_group: _WhichOneofArgType__max_new_tokens) -> _WhichOneofReturnType__max_new_tokens | None: ...
 
 Global___SessionHeader: _TypeAlias = SessionHeader  # noqa: Y015
 

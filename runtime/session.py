@@ -140,8 +140,13 @@ def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: st
         cfg.validate(spec.horizon, spec.action_dim)
     except ValueError as exc:
         raise InputError(f"{field}.{str(exc).split(' ')[0]}", str(exc).split(" ", 1)[1]) from None
+    max_new_tokens = None
+    if header.HasField("max_new_tokens"):
+        if not 1 <= header.max_new_tokens <= 1024:
+            raise InputError(f"{field}.max_new_tokens", f"must be in [1, 1024], got {header.max_new_tokens}")
+        max_new_tokens = int(header.max_new_tokens)
     return SessionTarget(task_id, domain_id, header.instruction, forced_skill, forced_route,
-                         int(cfg.denoising_steps), float(rate), cfg)
+                         int(cfg.denoising_steps), float(rate), cfg, max_new_tokens)
 
 
 def _ranges(ids: set[int]) -> str:

@@ -15,6 +15,7 @@ from types import ModuleType
 # kind -> module; imported only when that kind is exported
 KINDS: dict[str, str] = {
     "xvla": "xvla.export.policies.xvla",
+    "dexvla": "xvla.export.policies.dexvla",
 }
 
 

@@ -18,6 +18,7 @@ if TYPE_CHECKING:
 
 _BUILTIN: dict[str, str] = {
     "xvla": "xvla.runtime.policies.xvla.runtime:XVLAPolicy",
+    "dexvla": "xvla.runtime.policies.dexvla.runtime:DexVLAPolicy",
 }
 _REGISTRY: dict[str, type] = {}
 
