@@ -248,7 +248,7 @@ class OnnxRuntimeEngine(Engine):
             raise EngineError(f"{graph}: onnxruntime could not load {path.name}: {exc}") from exc
 
     def _probe_threads(self, path: Path, graph: str, policy: ThreadPolicy, provider_list: list,
-                       rounds: int = 7) -> tuple[Any, ThreadPolicy]:
+                       rounds: int = 5) -> tuple[Any, ThreadPolicy]:
         """Times the pool against one thread on zeros at batch 1 (interleaved, medians) -> the faster session."""
         import time
 
