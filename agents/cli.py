@@ -122,8 +122,9 @@ def cmd_bridge(a: argparse.Namespace) -> int:
     )
     cc = client_config(a)
     if a.protocol == "behavior":
-        from xvla.agents.bridges.behavior import BehaviorBridge, BehaviorOptions, load_task_table
+        from xvla.agents.bridges.behavior import BehaviorBridge, BehaviorOptions, load_task_routes, load_task_table
 
+        cfg.task_routes = load_task_routes(a.task_routes)
         bridge = BehaviorBridge(cc, cfg, BehaviorOptions(num_envs=a.num_envs, task_table=load_task_table(a.task_table),
                                                          state_order=a.state_order))
     elif a.protocol == "openpi":
@@ -195,6 +196,9 @@ def build_parser() -> argparse.ArgumentParser:
                     help="behavior: one endpoint per evaluator environment on ports PORT..PORT+N-1 (default 1)")
     br.add_argument("--task-table", default=None,
                     help="behavior: the evaluator's task list (2026: B100_task_misc.csv; default: the 2025 list for 256-d proprio)")
+    br.add_argument("--task-routes", default=None, metavar="FILE",
+                    help="behavior: task -> checkpoint map, JSON/YAML {task id or name: route of the service's "
+                         "routes.yaml} (default: the service's own routing)")
     br.add_argument("--state-order", choices=["action_aligned", "b1k_baseline"], default="action_aligned",
                     help="behavior: order of the 23-d state cut from the raw proprio (default action_aligned)")
     br.add_argument("--official-bgr-jpeg", action="store_true",

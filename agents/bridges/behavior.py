@@ -316,6 +316,27 @@ class BehaviorBridge(OpenpiBridge):
         await self.core.close()
 
 
+def load_task_routes(path: str | None) -> dict[str, str]:
+    """A task -> checkpoint map: JSON or YAML ``{task: route}``, a task being the policy's task id or task
+    name (as Describe lists them; evaluator ids are mapped to those first) and a route a bundle name of the
+    service's ``routes.yaml``. The service refuses an unknown route naming it, on that task's first request."""
+    if not path:
+        return {}
+    import json
+    from pathlib import Path
+
+    text = Path(path).read_text()
+    if path.endswith((".yaml", ".yml")):
+        import yaml
+
+        raw = yaml.safe_load(text)
+    else:
+        raw = json.loads(text)
+    if not isinstance(raw, dict) or not all(isinstance(v, str) and v for v in raw.values()):
+        raise ValueError(f"--task-routes {path}: expected a mapping task id or name -> route name")
+    return {str(k).strip(): v for k, v in raw.items()}
+
+
 def load_task_table(path: str | None) -> dict[int, str] | None:
     if not path:
         return None
@@ -324,4 +345,5 @@ def load_task_table(path: str | None) -> dict[int, str] | None:
     return load_task_csv(path)
 
 
-__all__: list[Any] = ["BehaviorBridge", "BehaviorOptions", "TaskMapper", "policy_problems", "load_task_table"]
+__all__: list[Any] = ["BehaviorBridge", "BehaviorOptions", "TaskMapper", "policy_problems", "load_task_table",
+                      "load_task_routes"]

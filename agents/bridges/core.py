@@ -61,8 +61,11 @@ class BridgeConfig:
     domain_id: int = R1PRO_DOMAIN_ID
     instruction: str = ""
     execution: pb.ExecutionSettings = field(default_factory=pb.ExecutionSettings)
+    # Task -> the service route (specialist bundle) that serves it, keyed by the policy's task id (as a
+    # string) or task name; unlisted tasks take the service's own routing (skill gate, default route).
+    task_routes: dict[str, str] = field(default_factory=dict)
 
-    def header(self, task_id: int | None) -> pb.SessionHeader:
+    def header(self, task_id: int | None, route: str = "") -> pb.SessionHeader:
         return pb.SessionHeader(
             robot_id=self.robot_id,
             task_id=-1 if task_id is None else task_id,
@@ -70,7 +73,13 @@ class BridgeConfig:
             domain_id=self.domain_id,
             control_rate_hz=30.0,
             execution=self.execution,
+            route=route,
         )
+
+    def route_for(self, task_id: int | None, task_name: str = "") -> str:
+        if task_id is None or not self.task_routes:
+            return ""
+        return self.task_routes.get(str(task_id)) or self.task_routes.get(task_name, "")
 
 
 class BridgeCore:
@@ -177,8 +186,9 @@ class LockstepSession:
 
     def _header(self, task_id: int | None) -> pb.SessionHeader:
         """The BEHAVIOR harness always sends a task_id; only policies with task prompts (v20) take one."""
-        has_tasks = self._policy is not None and len(self._policy.describe.tasks) > 0
-        return self.core.config.header(task_id if has_tasks else None)
+        tasks = {int(t.id): t.name for t in self._policy.describe.tasks} if self._policy is not None else {}
+        route = self.core.config.route_for(task_id, tasks.get(task_id, "") if task_id is not None else "")
+        return self.core.config.header(task_id if tasks else None, route)
 
     async def _open(self) -> StreamSession:
         try:

@@ -217,3 +217,29 @@ def test_cli_bridge_behavior_serves_num_envs_ports_from_one_process(fake, tmp_pa
         rc = p.wait(timeout=30)
     assert rc == 0, p.stderr.read()[-2000:]
     assert fake.record.headers[-1].task_id == 1  # 60 -> picking_up_trash -> the policy's task 1
+
+
+def test_task_routes_send_each_task_to_its_checkpoint(fake, tmp_path):
+    """A task -> checkpoint map (as public BEHAVIOR servers keep one): the session of a mapped task asks the
+    service for that route; an unmapped task leaves routing to the service."""
+    from xvla.agents.bridges.behavior import load_task_routes
+
+    routes = tmp_path / "task_routes.yaml"
+    routes.write_text("picking_up_trash: trash-specialist\n0: radio-specialist\n")
+    table = tmp_path / "B100_task_misc.csv"
+    table.write_text("Task,Task ID\nturning_on_radio,10\npicking_up_trash,11\nmake_pizza,12\n")
+    from xvla.core.embodiments.behavior_tasks import load_task_csv
+
+    b = Bridge(fake.target, task_table=load_task_csv(table))
+    b.bridge.core.config.task_routes = load_task_routes(str(routes))
+    try:
+        c = EvaluatorClient("127.0.0.1", b.bridge.port, 2026)
+        c.act(observation(2026, task_id=11))  # picking_up_trash (policy task 1), mapped by name
+        c.act(observation(2026, task_id=10))  # turning_on_radio (policy task 0), mapped by id: a new session
+        c.close()
+    finally:
+        b.close()
+    assert [(h.task_id, h.route) for h in fake.record.headers] == [(1, "trash-specialist"), (0, "radio-specialist")]
+    with pytest.raises(ValueError, match="task id or name -> route"):
+        (tmp_path / "bad.json").write_text('{"1": 3}')
+        load_task_routes(str(tmp_path / "bad.json"))
