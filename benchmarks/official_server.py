@@ -392,7 +392,7 @@ def run(cfg: SideBySideConfig) -> dict[str, Any]:
             "shared_machine_note": "2 cores shared with other engineers' jobs while measured; the interleaving "
                                    "keeps the ratio fair-ish, absolute numbers drift with the load",
             "versions": {"official": official_versions(cfg), "ours": our_versions()},
-            "started_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "variants": variants}
+            "finished_utc": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()), "variants": variants}
 
 
 def markdown(result: dict[str, Any], command: str) -> str:
@@ -406,6 +406,9 @@ def markdown(result: dict[str, Any], command: str) -> str:
         f"`deploy.py` /act, PyTorch eager, {cfg['official_threads']} threads "
         f"(torch {result['versions']['official']['torch']}, transformers {result['versions']['official']['transformers']}). "
         f"Ours: `xvla-serve` gRPC Infer, ONNX Runtime {result['versions']['ours']['onnxruntime']} CPU.", "",
+        "Same model inputs on both sides, checked before timing (official `XVLAProcessor` vs our preprocessing of "
+        f"one observation): token ids equal {result['same_inputs']['input_ids_equal']}, view mask equal "
+        f"{result['same_inputs']['image_mask_equal']}, pixels max abs {result['same_inputs']['image_input_max_abs']:.1e}.", "",
         f"**Shared machine**: {result['cpu_count']} cores, load average {result['load_avg_start'][0]:.2f} at start, "
         f"{result['load_avg_end'][0]:.2f} at end (other engineers' jobs). Absolute numbers drift with the load; "
         "the interleaving keeps the ratio fair-ish.", "",
