@@ -31,6 +31,7 @@ import grpc
 from grpc import aio
 
 from xvla.agents.backoff import Backoff, BackoffConfig
+from xvla.core.net import is_loopback, split_host
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 
@@ -228,6 +229,9 @@ class AsyncPolicyClient:
             if self.config.tls is not None:
                 ch = aio.secure_channel(target, self.config.tls.credentials(), options=opts)
             else:
+                if self.config.token and not is_loopback(split_host(target)):
+                    log.warning("sending the bearer token to %s in PLAINTEXT (no TLS): anyone on the path can read "
+                                "and reuse it; configure TLS (--tls-ca)", target)
                 ch = aio.insecure_channel(target, options=opts)
             self._channels[target] = ch
         return ch

@@ -22,12 +22,8 @@ from xvla.export.model import pose  # numpy-only: shared with the PyTorch geomet
 from xvla.runtime.r1pro import R1PRO_RAW_DIM, r1pro_state_from_proprio
 
 
-class InputError(ValueError):
-    """Bad client input. ``field`` names it (e.g. ``observation.cameras[1].image``)."""
-
-    def __init__(self, field: str, message: str) -> None:
-        super().__init__(f"{field}: {message}")
-        self.field = field
+from xvla.core.errors import InputError  # noqa: E402,F401  (re-exported: the runtime's historical home)
+from xvla.core.limits import check_image_header
 
 
 # ------------------------------------------------------------------------------------ images
@@ -45,6 +41,7 @@ def decode_image(encoding: str, data: bytes, height: int = 0, width: int = 0, fi
     if encoding in ("jpeg", "png"):
         import cv2
 
+        check_image_header(data, encoding, field)  # declared size within the caps BEFORE decoding (bombs)
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if img is None:
             raise InputError(f"{field}.data", f"could not decode {len(data)} bytes as {encoding.upper()}")

@@ -12,6 +12,7 @@ from typing import Sequence
 
 import numpy as np
 
+from xvla.core.limits import bounded, check_image_header, check_instruction, check_shape
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.preprocess import MAX_IMAGE_SIDE, CameraInput, InputError, decode_image
 
@@ -36,9 +37,7 @@ def tensor_to_numpy(t: pb.Tensor, field: str, allowed: Sequence[int] | None = No
         raise InputError(f"{field}.dtype", f"unsupported or unspecified dtype {pb.DType.Name(t.dtype) if t.dtype in pb.DType.values() else t.dtype}")
     if allowed is not None and t.dtype not in allowed:
         raise InputError(f"{field}.dtype", f"expected one of {[pb.DType.Name(a) for a in allowed]}, got {pb.DType.Name(t.dtype)}")
-    shape = tuple(int(d) for d in t.shape)
-    if any(d < 0 for d in shape):
-        raise InputError(f"{field}.shape", f"negative dimension in {list(shape)}")
+    shape = check_shape(t.shape, field)  # rank, sign, element count before anything is allocated
     dtype = DTYPES[t.dtype]
     n = math.prod(shape)
     if len(t.data) != n * dtype.itemsize:
@@ -64,7 +63,8 @@ def check_observation(obs: pb.Observation, camera_names: Sequence[str], accepted
     for i, cam in enumerate(obs.cameras):
         f = f"{field}.cameras[{i}]"
         if cam.name not in camera_names:
-            raise InputError(f"{f}.name", f"unknown camera {cam.name!r}; this policy's cameras are {list(camera_names)}")
+            raise InputError(f"{f}.name", f"unknown camera {bounded(repr(cam.name), 80)}; "
+                                          f"this policy's cameras are {list(camera_names)}")
         if cam.name in seen:
             raise InputError(f"{f}.name", f"camera {cam.name!r} sent twice")
         seen.add(cam.name)
@@ -80,6 +80,8 @@ def check_observation(obs: pb.Observation, camera_names: Sequence[str], accepted
             # a full decode happens only for the observations a chunk is planned from; the
             # signature check catches wrong/garbled payloads on every tick at no cost
             raise InputError(f"{f}.image.data", f"not a {ENCODINGS[img.encoding].upper()} file ({len(img.data)} bytes)")
+        else:  # the declared size, from the header: a decompression bomb is refused before any decode
+            check_image_header(img.data, ENCODINGS[img.encoding], f"{f}.image")
         for name, shape in (("extrinsics", (4, 4)), ("intrinsics", (3, 3))):
             if cam.HasField(name):
                 arr = tensor_to_numpy(getattr(cam, name), f"{f}.{name}", (pb.FLOAT32, pb.FLOAT64))
@@ -89,6 +91,8 @@ def check_observation(obs: pb.Observation, camera_names: Sequence[str], accepted
                     raise InputError(f"{f}.{name}", "contains NaN or Inf")
             elif needs_pose:
                 raise InputError(f"{f}.{name}", "this policy has a geometry encoder: camera poses are required")
+    if obs.instruction:
+        check_instruction(obs.instruction, f"{field}.instruction")
     if not obs.HasField("proprio"):
         raise InputError(f"{field}.proprio", f"required: shape one of {[[d] for d in accepted_proprio]}")
     p = tensor_to_numpy(obs.proprio, f"{field}.proprio", (pb.FLOAT32, pb.FLOAT64))

@@ -1,0 +1,1 @@
+"""xvla.core: torch-free pieces every side (runtime, agents, export) may import."""

@@ -1,0 +1,1 @@
+"""Test-only helpers (fakes, certificate authorities, clients reproducing third-party clients)."""
