@@ -245,7 +245,9 @@ class LockstepSession:
         request asks for them; a batched request (leading batch axis) gets one back."""
         policy = await self.prepare()
         k = chunk_size(data, policy.horizon)
-        b = translate(data, policy, self.encoder)
+        # decoding checks and the resize of full camera frames take milliseconds each: in a worker
+        # thread, so one client's frames never stall the bridge's other connections (or its health)
+        b = await asyncio.to_thread(translate, data, policy, self.encoder)
         if k is not None:
             actions, resp = await self.chunk(b.observation, b.task_id, k)
             out: dict = {"action": actions[0], "action_chunk": actions, "skill": resp.skill}
