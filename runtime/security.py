@@ -17,7 +17,6 @@ A server on a non-loopback address that has neither TLS nor tokens is open to it
 
 from __future__ import annotations
 
-import hmac
 import logging
 from dataclasses import dataclass
 from pathlib import Path
@@ -25,31 +24,14 @@ from typing import Any, AsyncIterator, Awaitable, Callable
 
 import grpc
 
+from xvla.core.auth import load_tokens, token_from_header, token_ok  # noqa: F401 (re-exported)
 from xvla.core.net import is_loopback
 
 log = logging.getLogger(__name__)
 
 OPEN_PREFIXES = ("/grpc.health.v1.Health/",)  # probes carry no credentials
-BEARER = "bearer "
 
 ErrorCounter = Callable[[grpc.StatusCode], None]
-
-
-def load_tokens(path: str | Path) -> tuple[str, ...]:
-    """Tokens from a file: one per line; blank lines and ``#`` comments ignored. At least one."""
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ValueError(f"--auth-token-file: cannot read {p}: {exc.strerror}") from None
-    tokens = tuple(line.strip() for line in text.splitlines() if line.strip() and not line.strip().startswith("#"))
-    if not tokens:
-        raise ValueError(f"--auth-token-file: {p} holds no token (one per line)")
-    short = [i for i, t in enumerate(tokens) if len(t) < 16]
-    if short:
-        raise ValueError(f"--auth-token-file: token(s) on non-comment line(s) {[i + 1 for i in short]} are shorter "
-                         "than 16 characters (use e.g. `openssl rand -hex 32`)")
-    return tokens
 
 
 @dataclass
@@ -106,20 +88,9 @@ class ServerSecurity:
 
 def _bearer(metadata: Any) -> str | None:
     for key, value in metadata or ():
-        if key == "authorization" and isinstance(value, str) and value[:len(BEARER)].lower() == BEARER:
-            return value[len(BEARER):].strip()
+        if key == "authorization":
+            return token_from_header(value)
     return None
-
-
-def token_ok(presented: str | None, tokens: tuple[str, ...]) -> bool:
-    """Constant time in the presented token's content: every accepted token is compared, no early exit."""
-    if presented is None:
-        return False
-    p = presented.encode("utf-8", "surrogateescape")
-    ok = False
-    for t in tokens:
-        ok |= hmac.compare_digest(p, t.encode("utf-8"))
-    return ok
 
 
 def _deny_handler(handler: grpc.RpcMethodHandler, code: grpc.StatusCode, details: str) -> grpc.RpcMethodHandler:

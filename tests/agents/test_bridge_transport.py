@@ -144,3 +144,81 @@ def test_curve_encrypts_and_authenticates_clients(server, loop, tmp_path):
         ctx.term()
         loop.run(b.stop())
     assert outcomes == {"plaintext": "no answer", "unknown client key": "no answer"}
+
+
+# ----------------------------------------------------------------------------- TLS + tokens (openpi, http)
+TOKEN = "bridge-token-0123456789abcdef"
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    from tests.support.certs import make_pki
+
+    return make_pki(tmp_path_factory.mktemp("pki"))
+
+
+def _security(pki, mtls=False):
+    from xvla.agents.bridges.core import ListenerSecurity
+
+    return ListenerSecurity(pki.server_cert, pki.server_key, pki.ca if mtls else None, tokens=(TOKEN,))
+
+
+def test_http_bridge_over_tls_requires_the_token(server, loop, pki):
+    import json
+    import ssl
+    import urllib.error
+    import urllib.request
+
+    from xvla.agents.bridges.http_act import HttpActBridge
+
+    b = HttpActBridge(ClientConfig([server.target], connect_timeout_s=1.0),
+                      BridgeConfig(host="127.0.0.1", port=0, security=_security(pki)))
+    loop.run(b.start())
+    ctx = ssl.create_default_context(cafile=str(pki.ca))
+    try:
+        def get(path, token=None):
+            req = urllib.request.Request(f"https://localhost:{b.port}{path}",
+                                         headers={"Authorization": f"Bearer {token}"} if token else {})
+            try:
+                with urllib.request.urlopen(req, context=ctx, timeout=10) as r:
+                    return r.status, r.read()
+            except urllib.error.HTTPError as e:
+                return e.code, e.read()
+        health = get("/healthz")
+        no_token = get("/describe")
+        wrong = get("/describe", "x" * 30)
+        ok = get("/describe", TOKEN)
+        with pytest.raises((urllib.error.URLError, ConnectionError)):  # plaintext against the TLS port
+            urllib.request.urlopen(f"http://127.0.0.1:{b.port}/healthz", timeout=5)
+    finally:
+        loop.run(b.stop())
+    assert health[0] == 200 and no_token[0] == 401 and wrong[0] == 401
+    assert ok[0] == 200 and json.loads(ok[1])["action_dim"] == 23
+
+
+def test_openpi_bridge_over_mutual_tls_requires_cert_and_token(server, loop, pki):
+    import ssl
+
+    from websockets.exceptions import ConnectionClosed, InvalidHandshake, InvalidStatus
+    from websockets.sync.client import connect
+
+    from xvla.agents.bridges.openpi_ws import OpenpiBridge
+
+    b = OpenpiBridge(ClientConfig([server.target], connect_timeout_s=1.0),
+                     BridgeConfig(host="127.0.0.1", port=0, security=_security(pki, mtls=True)))
+    loop.run(b.start())
+    try:
+        url = f"wss://localhost:{b.port}"
+        client = ssl.create_default_context(cafile=str(pki.ca))
+        client.load_cert_chain(str(pki.client_cert), str(pki.client_key))
+        with connect(url, ssl=client, additional_headers={"Authorization": f"Api-Key {TOKEN}"}, open_timeout=10) as ws:
+            meta = unpackb(ws.recv(timeout=10))
+        with pytest.raises(InvalidStatus) as no_token:
+            connect(url, ssl=client, open_timeout=10)
+        no_cert = ssl.create_default_context(cafile=str(pki.ca))
+        with pytest.raises((ssl.SSLError, OSError, EOFError, ConnectionClosed, InvalidHandshake)):  # TLS 1.3: after the handshake
+            with connect(url, ssl=no_cert, additional_headers={"Authorization": f"Bearer {TOKEN}"}, open_timeout=10) as ws:
+                ws.recv(timeout=10)
+    finally:
+        loop.run(b.stop())
+    assert meta["protocol"] and no_token.value.response.status_code == 401
