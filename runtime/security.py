@@ -164,23 +164,49 @@ class DecodeGuardInterceptor(grpc.aio.ServerInterceptor):
                 await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
                                     f"request: not a valid {what} message ({len(raw)} bytes)")
 
-        async def parsed_stream(raw_iter: AsyncIterator[bytes], context: grpc.aio.ServicerContext) -> AsyncIterator[Any]:
-            async for raw in raw_iter:
-                yield await parsed(raw, context)
+        def parsed_stream(raw_iter: AsyncIterator[bytes], failed: list[int]) -> AsyncIterator[Any]:
+            """Parsed requests; an undecodable one ends the iteration (the handler sees end of stream and
+            cleans up), and the wrapper then answers INVALID_ARGUMENT from the handler's own task."""
+            async def gen():
+                async for raw in raw_iter:
+                    try:
+                        msg = parse(raw)
+                    except Exception:
+                        failed.append(len(raw))
+                        return
+                    yield msg
+            return gen()
+
+        async def refuse(failed: list[int], context: grpc.aio.ServicerContext) -> None:
+            if guard.count_error is not None:
+                guard.count_error(grpc.StatusCode.INVALID_ARGUMENT)
+            await context.abort(grpc.StatusCode.INVALID_ARGUMENT,
+                                f"request: not a valid {what} message ({failed[0]} bytes)")
 
         ser = handler.response_serializer
         if handler.request_streaming and handler.response_streaming:
             inner_ss = handler.stream_stream
 
             async def stream_stream(it, ctx):
-                async for r in inner_ss(parsed_stream(it, ctx), ctx):
-                    yield r
+                failed: list[int] = []
+                gen = inner_ss(parsed_stream(it, failed), ctx)
+                try:
+                    async for r in gen:
+                        yield r
+                finally:
+                    await gen.aclose()
+                if failed:
+                    await refuse(failed, ctx)
             return grpc.stream_stream_rpc_method_handler(stream_stream, response_serializer=ser)
         if handler.request_streaming:
             inner_su = handler.stream_unary
 
             async def stream_unary(it, ctx):
-                return await inner_su(parsed_stream(it, ctx), ctx)
+                failed: list[int] = []
+                out = await inner_su(parsed_stream(it, failed), ctx)
+                if failed:
+                    await refuse(failed, ctx)
+                return out
             return grpc.stream_unary_rpc_method_handler(stream_unary, response_serializer=ser)
         if handler.response_streaming:
             inner_us = handler.unary_stream
