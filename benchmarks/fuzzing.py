@@ -39,6 +39,7 @@ OK_CODES = {grpc.StatusCode.OK, grpc.StatusCode.INVALID_ARGUMENT}
 class FuzzReport:
     name: str
     cases: int = 0
+    messages: int = 0  # messages sent (a stream case carries several)
     codes: Counter = field(default_factory=Counter)
     hangs: int = 0
     unnamed: list[str] = field(default_factory=list)  # error details that name no field (first few kept)
@@ -60,7 +61,7 @@ class FuzzReport:
                 self.unnamed.append(f"{code}: {details[:160]}")
 
     def summary(self) -> dict[str, Any]:
-        return {"name": self.name, "cases": self.cases, "codes": dict(self.codes), "hangs": self.hangs,
+        return {"name": self.name, "cases": self.cases, "messages": self.messages or self.cases, "codes": dict(self.codes), "hangs": self.hangs,
                 "unacceptable_codes": len(self.bad_codes), "errors_without_field": self.unnamed_count,
                 "slowest_case_s": round(self.slowest_s, 3), "seconds": round(self.seconds, 1),
                 "examples": (self.bad_codes + self.unnamed)[:5]}
@@ -280,6 +281,7 @@ async def fuzz_grpc(target: str, n_unary: int, n_streams: int, seed: int = 0, de
         sem = asyncio.Semaphore(concurrency)
 
         async def one_unary(raw: bytes) -> None:
+            report.messages += 1
             async with sem:
                 s = time.perf_counter()
                 try:
@@ -292,6 +294,8 @@ async def fuzz_grpc(target: str, n_unary: int, n_streams: int, seed: int = 0, de
                                acceptable=e.code() in OK_CODES)
 
         async def one_stream(msgs: list[bytes]) -> None:
+            report.messages += len(msgs)
+
             async def reqs():
                 for m in msgs:
                     yield m
@@ -434,3 +438,130 @@ def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
     t = time.perf_counter()
     out = fn()
     return out, time.perf_counter() - t
+
+
+# ------------------------------------------------------------------------------ bridge runners (sync clients)
+def fuzz_zmq(port: int, keys: dict[str, str], n: int, seed: int = 0, deadline_s: float = 10.0) -> FuzzReport:
+    """REQ client: every request (also multipart ones) must get a msgpack map back within the deadline."""
+    import zmq
+
+    from xvla.agents.bridges.codecs import packb, unpackb
+
+    rng = np.random.default_rng(seed)
+    report = FuzzReport("zmq")
+    ctx = zmq.Context()
+
+    def sock():
+        s = ctx.socket(zmq.REQ)
+        s.setsockopt(zmq.RCVTIMEO, int(deadline_s * 1000))
+        s.setsockopt(zmq.LINGER, 0)
+        s.connect(f"tcp://127.0.0.1:{port}")
+        return s
+    s = sock()
+    t0 = time.perf_counter()
+    try:
+        for frames in zmq_cases(rng, keys, n):
+            start = time.perf_counter()
+            s.send_multipart(frames)
+            try:
+                reply = unpackb(s.recv())
+            except zmq.Again:
+                report.hangs += 1
+                report.add("hang", "no reply", time.perf_counter() - start, named_required=False, acceptable=False)
+                s.close(0)
+                s = sock()
+                continue
+            ok = isinstance(reply, dict) and ("error" in reply or "action" in reply or "status" in reply)
+            code = "error" if isinstance(reply, dict) and "error" in reply else "ok"
+            report.add(code, str(reply.get("error", "")) if isinstance(reply, dict) else "", time.perf_counter() - start,
+                       named_required=False, acceptable=ok)
+        s.send(packb({"endpoint": "ping"}))
+        alive = unpackb(s.recv()).get("status") == "ok"
+        if not alive:
+            report.bad_codes.append("ping after the fuzz run failed")
+    finally:
+        s.close(0)
+        ctx.term()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def fuzz_websocket(port: int, keys: dict[str, str], n: int, seed: int = 0, deadline_s: float = 10.0) -> FuzzReport:
+    """openpi websocket client: binary (random/mutated msgpack) and text frames; replies or clean closes."""
+    from websockets.exceptions import ConnectionClosed
+    from websockets.sync.client import connect
+
+    from xvla.agents.bridges.codecs import packb
+
+    rng = np.random.default_rng(seed)
+    report = FuzzReport("websocket")
+    url = f"ws://127.0.0.1:{port}"
+    ws = connect(url, open_timeout=deadline_s, max_size=None)
+    ws.recv(timeout=deadline_s)  # metadata
+    t0 = time.perf_counter()
+    try:
+        for i in range(n):
+            r = i % 5
+            if r == 0:
+                frame: bytes | str = rng.bytes(int(rng.integers(0, 300)))
+            elif r == 1:
+                frame = mutate(packb(bridge_observation(rng, keys)), rng)
+            elif r == 2:
+                frame = packb(bridge_observation(rng, keys))
+            elif r == 3:
+                frame = rng.bytes(int(rng.integers(0, 60))).hex()  # a text frame
+            else:
+                frame = packb(_value(rng))
+            start = time.perf_counter()
+            try:
+                ws.send(frame)
+                reply = ws.recv(timeout=deadline_s)
+                code = "error" if isinstance(reply, str) else "reply"
+                report.add(code, reply if isinstance(reply, str) else "", time.perf_counter() - start, named_required=False)
+            except TimeoutError:
+                report.hangs += 1
+                report.add("hang", "no reply", time.perf_counter() - start, named_required=False, acceptable=False)
+                ws.close()
+                ws = connect(url, open_timeout=deadline_s, max_size=None)
+                ws.recv(timeout=deadline_s)
+            except ConnectionClosed as e:
+                # a close is the protocol's way to refuse; 1011 (internal error) is not acceptable
+                rcvd = getattr(e, "rcvd", None)
+                close_code = getattr(rcvd, "code", None)
+                report.add(f"closed:{close_code}", str(e), time.perf_counter() - start, named_required=False,
+                           acceptable=close_code != 1011)
+                ws = connect(url, open_timeout=deadline_s, max_size=None)
+                ws.recv(timeout=deadline_s)
+    finally:
+        ws.close()
+    report.seconds = time.perf_counter() - t0
+    return report
+
+
+def fuzz_http(port: int, n: int, seed: int = 0, deadline_s: float = 10.0) -> FuzzReport:
+    """POST /act with fuzzed bodies: 5xx other than 503 is a server fault; /healthz must stay up."""
+    import urllib.error
+    import urllib.request
+
+    rng = np.random.default_rng(seed)
+    report = FuzzReport("http")
+    t0 = time.perf_counter()
+    for body in json_cases(rng, n):
+        start = time.perf_counter()
+        req = urllib.request.Request(f"http://127.0.0.1:{port}/act", data=body,
+                                     headers={"Content-Type": "application/json"})
+        try:
+            with urllib.request.urlopen(req, timeout=deadline_s) as resp:
+                status, text = resp.status, ""
+        except urllib.error.HTTPError as e:
+            status, text = e.code, e.read()[:200].decode("utf-8", "replace")
+        except (TimeoutError, urllib.error.URLError) as e:
+            report.hangs += 1
+            report.add("hang", str(e), time.perf_counter() - start, named_required=False, acceptable=False)
+            continue
+        report.add(str(status), text, time.perf_counter() - start, named_required=False, acceptable=status < 500)
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=deadline_s) as resp:
+        if resp.status != 200:
+            report.bad_codes.append(f"healthz {resp.status} after the fuzz run")
+    report.seconds = time.perf_counter() - t0
+    return report
