@@ -323,6 +323,12 @@ class StreamCounters:
     bytes_sent: int = 0
     last_error: str = ""
     target: str = ""
+    # (time.monotonic(), event, detail): session_open (target), session_end (reason), connect_failure (error)
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def event(self, kind: str, detail: str) -> None:
+        if len(self.events) < 10_000:  # bounded: a flapping link must not grow memory forever
+            self.events.append((time.monotonic(), kind, detail[:200]))
 
     @property
     def reconnects(self) -> int:
@@ -401,13 +407,16 @@ class RobotStream:
                 session = await self._client.open_stream(self._header)
             except (ServiceUnavailable, SessionRejected) as e:
                 self.counters.last_error = str(e)  # before the count: readers poll the count
+                self.counters.event("connect_failure", str(e))
                 self.counters.connect_failures += 1
                 await self._sleep(self._backoff.next_delay())
                 continue
             self._backoff.reset()
             self.counters.sessions += 1
             self.counters.target = session.target
+            self.counters.event("session_open", session.target)
             reason = await self._pump(session)
+            self.counters.event("session_end", f"{session.target}: {reason}")
             if not self._closing.is_set():
                 self.counters.last_error = reason
             # Prefer another target next time: the one that just failed is the least likely to work.

@@ -319,7 +319,7 @@ class ControlLoop:
                     kind, action = SAFE, safe_action(self.robot.layout, last_obs.state, self._last_action)
                 self.robot.apply_action(action)
                 self._last_action = action
-                st.record_tick(kind)
+                st.record_tick(kind, time.monotonic())
                 done = time.monotonic()
                 st.tick_work_ms.append((done - now) * 1e3)
                 if done - t_sched > period:
@@ -341,4 +341,6 @@ class ControlLoop:
             st.observations_lost = c.lost
             st.sessions, st.reconnects, st.connect_failures = c.sessions, c.reconnects, c.connect_failures
             st.last_error = st.last_error or c.last_error
+            st.events = list(c.events)
+            st.t0_monotonic = t0
         return st
