@@ -5,6 +5,7 @@ Certificates come from a throw-away CA made in the test (tests/support/certs.py,
 
 from __future__ import annotations
 
+import asyncio
 import logging
 
 import grpc
@@ -72,13 +73,21 @@ async def _calls(ch, metadata):
         except grpc.aio.AioRpcError as err:
             codes.append(err.code())
 
+    accepted = asyncio.Event()
+    authorized = any(k == "authorization" and v.startswith("Bearer ") and v[7:] in TOKENS for k, v in metadata)
+
     async def reqs():
+        # A refused call must see its status without racing a write against it (a grpc.aio client
+        # write after the server's final status fails as INTERNAL): write only once accepted.
+        if not authorized:
+            await asyncio.Event().wait()
         yield pb.StreamRequest(header=pb.SessionHeader(task_id=-1))
+        await accepted.wait()
         yield pb.StreamRequest(observation=_obs(0))
 
     try:
         async for _ in stub.Stream(reqs(), metadata=metadata, timeout=5):
-            pass
+            accepted.set()
         codes.append(grpc.StatusCode.OK)
     except grpc.aio.AioRpcError as err:
         codes.append(err.code())
