@@ -21,7 +21,7 @@ import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from typing import Any, Callable, Iterator
+from typing import Any, Iterator
 
 import grpc
 import numpy as np
@@ -445,11 +445,6 @@ def _json_value(rng: np.random.Generator, depth: int = 0) -> Any:
         return x
     return clean(v)
 
-
-def timed(fn: Callable[[], Any]) -> tuple[Any, float]:
-    t = time.perf_counter()
-    out = fn()
-    return out, time.perf_counter() - t
 
 
 # ------------------------------------------------------------------------------ bridge runners (sync clients)

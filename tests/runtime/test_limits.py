@@ -21,7 +21,6 @@ from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
 from xvla.runtime.stream_client import synthetic_observation
 from xvla.runtime.testing import serve_in_background
-from xvla.runtime.wire import numpy_to_tensor
 
 from .fakes import FAKE_CAMERAS, FAKE_D, fake_factory, fake_policy
 

@@ -21,7 +21,7 @@ from xvla.runtime.security import ServerSecurity, load_tokens, token_ok
 from xvla.runtime.server import PolicyServicer
 from xvla.runtime.service import ServiceConfig
 from xvla.runtime.skills import RoutingTable
-from xvla.runtime.stream_client import run_stream, synthetic_observation
+from xvla.runtime.stream_client import synthetic_observation
 from xvla.runtime.testing import serve_in_background
 from tests.support.certs import make_pki
 
