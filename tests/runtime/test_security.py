@@ -202,3 +202,18 @@ async def test_agent_warns_when_a_token_would_travel_in_plaintext(caplog):
             await client.close()
     warned = [r.getMessage() for r in caplog.records if "plaintext" in r.getMessage().lower()]
     assert len(warned) == 1 and "10.1.2.3" in warned[0] and TOKENS[0] not in warned[0]
+
+
+def test_xvla_serve_flags_wire_tls_tokens_and_a_loopback_default(tmp_path, pki, capsys):
+    from xvla.runtime.cli import build_parser, make_server
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text(f"{TOKENS[0]}\n{TOKENS[1]}\n")
+    assert build_parser().parse_args(["--bundle", str(tmp_path)]).host == "127.0.0.1"
+    server = make_server(build_parser().parse_args([
+        "--bundle", str(tmp_path), "--host", "0.0.0.0", "--tls-cert", str(pki.server_cert), "--tls-key", str(pki.server_key),
+        "--tls-client-ca", str(pki.ca), "--auth-token-file", str(tokens)]))
+    assert server.security.tls and server.security.tls_client_ca == pki.ca and server.security.tokens == TOKENS
+    assert "WARNING" not in capsys.readouterr().err
+    make_server(build_parser().parse_args(["--bundle", str(tmp_path), "--host", "0.0.0.0"]))
+    assert "PLAINTEXT without authentication on 0.0.0.0" in capsys.readouterr().err
