@@ -222,3 +222,35 @@ def test_openpi_bridge_over_mutual_tls_requires_cert_and_token(server, loop, pki
     finally:
         loop.run(b.stop())
     assert meta["protocol"] and no_token.value.response.status_code == 401
+
+
+def test_a_bridge_session_closed_for_idleness_is_reopened_transparently(loop, tmp_path):
+    """The service closes a stream silent for idle_timeout_s (freeing its slot); a lock-step client that
+    pauses longer (an episode reset) must still get its next action, on a fresh session."""
+    from tests.runtime.fakes import FAKE_CAMERAS, FAKE_D, fake_factory, fake_policy
+    from xvla.runtime.service import ServiceConfig
+    from xvla.runtime.skills import RoutingTable
+    from xvla.runtime.testing import serve_in_background
+
+    pol = fake_policy(tmp_path / "fake")
+    with serve_in_background(routes=RoutingTable.single(tmp_path / "fake"), policy_factory=fake_factory({"default": pol}),
+                             config=ServiceConfig(idle_timeout_s=0.3)) as (server, port):
+        b = ZmqBridge(ClientConfig([f"127.0.0.1:{port}"], connect_timeout_s=1.0), BridgeConfig(host="127.0.0.1", port=0))
+        loop.run(b.start())
+        ctx = zmq.Context()
+        try:
+            s = _req(ctx, b.port)
+            obs = {"images": {n: np.zeros((8, 8, 3), np.uint8) for n in FAKE_CAMERAS}, "proprio": np.zeros(FAKE_D, np.float32)}
+            first = _call(s, {"endpoint": "get_action", "data": obs})
+            deadline = time.monotonic() + 10
+            while server.service.sessions and time.monotonic() < deadline:  # the service closed the idle stream
+                time.sleep(0.05)
+            freed = server.service.sessions == 0
+            second = _call(s, {"endpoint": "get_action", "data": obs})
+            s.close(0)
+        finally:
+            ctx.term()
+            loop.run(b.stop())
+    assert "action" in first, first
+    assert freed
+    assert "action" in second, second
