@@ -42,6 +42,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-message-mb", type=float, default=16.0)
     p.add_argument("--header-timeout", type=float, default=10.0, help="s a new stream may take to send its header")
     p.add_argument("--idle-timeout", type=float, default=30.0, help="s of silence after which a stream is closed")
+    p.add_argument("--no-bdp-probe", action="store_true",
+                   help="keep HTTP/2 windows at 64 KB: bounds what a fast writer can park in server memory (LAN only)")
     sec = p.add_argument_group("security (docs/security.md)")
     sec.add_argument("--tls-cert", type=Path, help="PEM server certificate chain: enables TLS")
     sec.add_argument("--tls-key", type=Path, help="PEM server private key")
@@ -89,7 +91,8 @@ def make_server(args: argparse.Namespace):
                         max_sessions=args.max_sessions, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                         control_rate_hz=args.control_rate, execution=execution, warmup=not args.no_warmup,
                         verify_bundles=not args.no_verify, seed=args.seed,
-                        header_timeout_s=args.header_timeout, idle_timeout_s=args.idle_timeout)
+                        header_timeout_s=args.header_timeout, idle_timeout_s=args.idle_timeout,
+                        bdp_probe=not args.no_bdp_probe)
     security = ServerSecurity.from_files(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
     for warning in security.startup_warnings(args.host):
         print(f"xvla-serve: WARNING: {warning}", file=sys.stderr, flush=True)

@@ -187,7 +187,12 @@ def keepalive_options(config: ServiceConfig) -> list[tuple[str, int]]:
             ("grpc.http2.min_ping_interval_without_data_ms", int(config.min_client_ping_interval_s * 1000)),
             ("grpc.http2.max_ping_strikes", 2),
             ("grpc.keepalive_time_ms", int(config.server_keepalive_time_s * 1000)),
-            ("grpc.keepalive_timeout_ms", 10_000)]
+            ("grpc.keepalive_timeout_ms", 10_000),
+            # BDP probing grows a stream's flow-control window with the link: a client that writes
+            # faster than its session is served then parks its backlog in server memory (16 robots
+            # over capacity: 2.6 GB RSS). Off: the 64 KB default window bounds it (0.5 GB), at the
+            # cost of throughput on links with a long round trip (docs/security.md).
+            ("grpc.http2.bdp_probe", 1 if config.bdp_probe else 0)]
 
 
 class PolicyServer:

@@ -93,10 +93,10 @@ async def test_session_slots_are_taken_at_stream_open_not_at_header(tmp_path):
             while server.service.sessions < 2:  # the two streams reached the handler
                 await asyncio.sleep(0.01)
 
-            async def one():
+            async def refused():  # writes nothing: the limit applies at open, before any message is read
+                await asyncio.Event().wait()
                 yield pb.StreamRequest(header=HEADER)
-                yield pb.StreamRequest(observation=_obs(0))
-            code, details, _ = await _stream_status(ch, one())
+            code, details, _ = await _stream_status(ch, refused())
             release.set()
             for call in held:
                 call.cancel()
