@@ -488,7 +488,7 @@ def fuzz_zmq(port: int, keys: dict[str, str], n: int, seed: int = 0, deadline_s:
             report.bad_codes.append("ping after the fuzz run failed")
     finally:
         s.close(0)
-        ctx.term()
+        ctx.destroy(linger=0)
     report.seconds = time.perf_counter() - t0
     return report
 

@@ -75,35 +75,47 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
         svc.sessions += 1
         self.open_streams += 1
         svc.metrics.sessions.set(svc.sessions)
-        inner = self._run_stream(request_iterator, context)
+        held = [True]
+
+        def release() -> None:
+            """Frees the slot (once). Called before any final status: context.abort sends the status at
+            once, so a client that saw it must also see the slot free (and the gauge down)."""
+            if held[0]:
+                held[0] = False
+                svc.sessions -= 1
+                self.open_streams -= 1
+                svc.metrics.sessions.set(svc.sessions)
+        inner = self._run_stream(request_iterator, context, release)
         try:
             async for out in inner:
                 yield out
         finally:
             await inner.aclose()  # the session's own clean-up first, then the slot
-            svc.sessions -= 1
-            self.open_streams -= 1
-            svc.metrics.sessions.set(svc.sessions)
+            release()
 
-    async def _run_stream(self, request_iterator, context) -> AsyncIterator[pb.StreamResponse]:
+    async def _run_stream(self, request_iterator, context, release) -> AsyncIterator[pb.StreamResponse]:
         svc = self.service
         cfg = svc.config
         it = request_iterator.__aiter__()
         try:
             first = await self._next(it, stop_on_shutdown=True, timeout=cfg.header_timeout_s)
         except ShuttingDown:
+            release()
             await self._fail(context, grpc.StatusCode.UNAVAILABLE, "policy server is shutting down")
         except IdleTimeout:
+            release()
             await self._fail(context, grpc.StatusCode.DEADLINE_EXCEEDED,
                              f"header: no SessionHeader within header_timeout_s={cfg.header_timeout_s:g}; slot freed")
         if first is None:
             return
         if first.WhichOneof("msg") != "header":
+            release()
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT,
                              "header: the first message of a stream must be a SessionHeader (StreamRequest.header)")
         try:
             session = Session(svc, first.header)
         except InputError as exc:
+            release()
             await self._fail(context, grpc.StatusCode.INVALID_ARGUMENT, str(exc))
             return
         log.info("session open", extra={"session": session.id, "robot": session.robot_id, "peer": context.peer(),
@@ -138,6 +150,7 @@ class PolicyServicer(pb_grpc.PolicyServiceServicer):
                 yield pb.StreamResponse(action=reply)
         finally:
             await session.close()
+            release()
             log.info("session closed", extra=session.summary())
         if status is not None:
             await self._fail(context, *status)

@@ -66,7 +66,7 @@ def test_multipart_requests_get_an_error_and_the_bridge_keeps_serving(bridge):
         assert _call(s, {"endpoint": "get_action", "data": behavior_observation()})["action"].shape == (23,)
         s.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
 
 
 def test_each_zeromq_client_has_its_own_session(bridge):
@@ -82,7 +82,7 @@ def test_each_zeromq_client_has_its_own_session(bridge):
         a.close(0)
         b.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     np.testing.assert_array_equal(np.stack(got_a), np.stack([fake_action(f) for f in range(3)]))
     np.testing.assert_array_equal(got_b, fake_action(0))  # a fresh session, not a's fourth frame
     np.testing.assert_array_equal(got_b2, fake_action(1))  # not restarted by a's reset
@@ -101,7 +101,7 @@ def test_a_huge_frame_is_refused_before_the_resize_and_others_keep_being_served(
         ok = _call(s, {"endpoint": "get_action", "data": behavior_observation()})
         s.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
     assert "robot_r1::robot_r1:zed_link:Camera:0::rgb" in err and "each side" in err, err
     assert took < 5.0  # refused from the shape; the resize used to stall the bridge for 7-9 s
     assert ok["action"].shape == (23,)
@@ -141,7 +141,7 @@ def test_curve_encrypts_and_authenticates_clients(server, loop, tmp_path):
         assert _call(ok, {"endpoint": "ping"})["status"] == "ok"
         ok.close(0)
     finally:
-        ctx.term()
+        ctx.destroy(linger=0)
         loop.run(b.stop())
     assert outcomes == {"plaintext": "no answer", "unknown client key": "no answer"}
 
@@ -249,7 +249,7 @@ def test_a_bridge_session_closed_for_idleness_is_reopened_transparently(loop, tm
             second = _call(s, {"endpoint": "get_action", "data": obs})
             s.close(0)
         finally:
-            ctx.term()
+            ctx.destroy(linger=0)
             loop.run(b.stop())
     assert "action" in first, first
     assert freed
