@@ -226,7 +226,7 @@ class ZmqBridge:
             self._sock.close(0)
             self._sock = None
         if self._ctx is not None:
-            self._ctx.term()
+            self._ctx.destroy(linger=0)  # closes any socket left (auth pipe): term() could block forever
             self._ctx = None
         await self.core.close()
 
