@@ -16,6 +16,7 @@ import logging
 import os
 import signal
 import sys
+from pathlib import Path
 
 from google.protobuf import json_format
 
@@ -108,7 +109,7 @@ def cmd_describe(a: argparse.Namespace) -> int:
 
 
 def cmd_bridge(a: argparse.Namespace) -> int:
-    from xvla.agents.bridges.core import BridgeConfig
+    from xvla.agents.bridges.core import BridgeConfig, ListenerSecurity
 
     cfg = BridgeConfig(
         host=a.host,
@@ -119,6 +120,8 @@ def cmd_bridge(a: argparse.Namespace) -> int:
         domain_id=a.domain_id,
         instruction=a.instruction,
         execution=_execution(a),
+        security=ListenerSecurity.from_files(a.listen_tls_cert, a.listen_tls_key, a.listen_tls_client_ca,
+                                             a.listen_token_file),
     )
     cc = client_config(a)
     if a.protocol == "behavior":
@@ -132,9 +135,13 @@ def cmd_bridge(a: argparse.Namespace) -> int:
 
         bridge = OpenpiBridge(cc, cfg)
     elif a.protocol == "zmq":
-        from xvla.agents.bridges.zmq_bridge import ZmqBridge
+        from xvla.agents.bridges.zmq_bridge import CurveConfig, ZmqBridge
 
-        bridge = ZmqBridge(cc, cfg, api_token=a.api_token)
+        curve = CurveConfig(Path(a.zmq_curve_secret), Path(a.zmq_curve_clients) if a.zmq_curve_clients else None) \
+            if a.zmq_curve_secret else None
+        if curve is None and a.zmq_curve_clients:
+            raise ValueError("--zmq-curve-clients needs --zmq-curve-secret")
+        bridge = ZmqBridge(cc, cfg, api_token=a.api_token, curve=curve)
     else:
         from xvla.agents.bridges.http_act import HttpActBridge
 
@@ -183,7 +190,8 @@ def build_parser() -> argparse.ArgumentParser:
     br.add_argument("protocol", choices=["behavior", "openpi", "zmq", "http"],
                     help="behavior: the BEHAVIOR-1K 2025/2026 evaluators (docs/behavior.md); openpi: plain openpi clients")
     _add_client_args(br)
-    br.add_argument("--host", default="0.0.0.0", help="listen address (default 0.0.0.0)")
+    br.add_argument("--host", default="127.0.0.1",
+                    help="listen address (default 127.0.0.1: loopback only; 0.0.0.0 to serve the network)")
     br.add_argument("--port", type=int, required=True, help="listen port")
     br.add_argument("--max-request-mb", type=float, default=64.0,
                     help="requests above this get an error reply (default 64 MB)")
@@ -205,6 +213,13 @@ def build_parser() -> argparse.ArgumentParser:
                     help="http: decode JPEG/PNG bytes to BGR and feed them as RGB, as the official X-VLA server does "
                          "(default: correct RGB colours)")
     br.add_argument("--api-token", default=os.environ.get("XVLA_ZMQ_TOKEN"), help="zmq: require this api_token in requests")
+    ls = br.add_argument_group("listener security (openpi, http: TLS + tokens; zmq: CURVE + api_token)")
+    ls.add_argument("--listen-tls-cert", help="PEM certificate chain of the bridge's listener (wss:// / https://)")
+    ls.add_argument("--listen-tls-key", help="PEM private key of the listener")
+    ls.add_argument("--listen-tls-client-ca", help="PEM CA: require client certificates it signed (mutual TLS)")
+    ls.add_argument("--listen-token-file", help="accepted tokens, one per line ('Authorization: Bearer|Api-Key <t>')")
+    ls.add_argument("--zmq-curve-secret", help="zmq: the bridge's CURVE secret certificate (zmq.auth.create_certificates)")
+    ls.add_argument("--zmq-curve-clients", help="zmq: folder of authorised client public certificates")
     br.set_defaults(func=cmd_bridge)
     return ap
 

@@ -31,6 +31,7 @@ import grpc
 from grpc import aio
 
 from xvla.agents.backoff import Backoff, BackoffConfig
+from xvla.core.net import is_loopback, split_host
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 
@@ -228,6 +229,9 @@ class AsyncPolicyClient:
             if self.config.tls is not None:
                 ch = aio.secure_channel(target, self.config.tls.credentials(), options=opts)
             else:
+                if self.config.token and not is_loopback(split_host(target)):
+                    log.warning("sending the bearer token to %s in PLAINTEXT (no TLS): anyone on the path can read "
+                                "and reuse it; configure TLS (--tls-ca)", target)
                 ch = aio.insecure_channel(target, options=opts)
             self._channels[target] = ch
         return ch
@@ -323,6 +327,12 @@ class StreamCounters:
     # reconnecting: it is reported once, here and in the log, and reconnects back off (capped).
     problem: str = ""
     backoffs: int = 0  # sessions that ended without an answer, followed by a back-off delay
+    # (time.monotonic(), event, detail): session_open (target), session_end (reason), connect_failure (error)
+    events: list[tuple[float, str, str]] = field(default_factory=list)
+
+    def event(self, kind: str, detail: str) -> None:
+        if len(self.events) < 10_000:  # bounded: a flapping link must not grow memory forever
+            self.events.append((time.monotonic(), kind, detail[:200]))
 
     @property
     def reconnects(self) -> int:
@@ -407,13 +417,16 @@ class RobotStream:
                     self.counters.problem = str(e)
                     log.error("the policy service refuses this robot's session: %s (retrying with back-off)", e)
                 self.counters.last_error = str(e)  # before the count: readers poll the count
+                self.counters.event("connect_failure", str(e))
                 self.counters.connect_failures += 1
                 await self._sleep(self._backoff.next_delay())
                 continue
             self.counters.sessions += 1
             self.counters.target = session.target
             replies_before = self.counters.replies
+            self.counters.event("session_open", session.target)
             reason = await self._pump(session)
+            self.counters.event("session_end", f"{session.target}: {reason}")
             if self._closing.is_set():
                 break
             self.counters.last_error = reason

@@ -332,7 +332,7 @@ class ControlLoop:
                 robot_s += time.perf_counter() - t_apply
                 robot_cpu += time.thread_time() - c_apply
                 self._last_action = action
-                st.record_tick(kind)
+                st.record_tick(kind, time.monotonic())
                 done = time.monotonic()
                 st.tick_work_ms.append((done - now) * 1e3)
                 st.agent_work_ms.append(max(0.0, (done - now) - robot_s - self._waited_s) * 1e3)
@@ -358,4 +358,6 @@ class ControlLoop:
             st.last_error = st.last_error or c.last_error
             st.problem = st.problem or c.problem
             st.backoffs = c.backoffs
+            st.events = list(c.events)
+            st.t0_monotonic = t0
         return st

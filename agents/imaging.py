@@ -13,6 +13,8 @@ from functools import lru_cache
 
 import numpy as np
 
+from xvla.core.limits import check_image_size
+
 
 def check_image(image: np.ndarray, field: str = "image") -> np.ndarray:
     """Accept HxWx3 RGB or HxWx4 RGBA (BEHAVIOR's cameras); return it as uint8 without dropping alpha.
@@ -25,6 +27,7 @@ def check_image(image: np.ndarray, field: str = "image") -> np.ndarray:
         raise ValueError(f"{field}: expected an HxWx3 (RGB) or HxWx4 (RGBA) image, got shape {list(a.shape)}")
     if a.shape[0] < 1 or a.shape[1] < 1:
         raise ValueError(f"{field}: empty image of shape {list(a.shape)}")
+    check_image_size(a.shape[0], a.shape[1], field)  # an InputError (a ValueError) past the caps
     if a.dtype != np.uint8:
         if np.issubdtype(a.dtype, np.floating):
             # float images in [0, 1] (some simulators) -> uint8

@@ -68,10 +68,15 @@ class ControlStats:
     raw_bytes_per_frame: list[int] = field(default_factory=list)
     wire_bytes_per_frame: list[int] = field(default_factory=list)
     timeline: list[str] = field(default_factory=list)
+    tick_t: list[float] = field(default_factory=list)  # time.monotonic() when each executed tick acted
+    events: list[tuple[float, str, str]] = field(default_factory=list)  # the stream's session events
+    t0_monotonic: float = 0.0  # the loop's start (CLOCK_MONOTONIC: comparable across processes)
 
-    def record_tick(self, kind: str) -> None:
+    def record_tick(self, kind: str, t: float | None = None) -> None:
         self.ticks += 1
         self.timeline.append(kind)
+        if t is not None:
+            self.tick_t.append(t)
         if kind == FRESH:
             self.fresh_ticks += 1
         elif kind == PLAN:
@@ -123,8 +128,21 @@ class ControlStats:
             "accounted": self.accounted(),
         }
 
-    def to_json(self) -> str:
-        return json.dumps(self.summary(), indent=2)
+    def ticks_and_events(self) -> dict:
+        """Per-tick timeline (kind + time since start, s) and the session events (failovers) with times."""
+        t0 = self.t0_monotonic
+        return {
+            "t0_monotonic": t0,
+            "timeline": "".join(self.timeline),
+            "tick_t_s": [round(t - t0, 4) for t in self.tick_t],
+            "events": [{"t_s": round(t - t0, 4), "event": e, "detail": d} for t, e, d in self.events],
+        }
+
+    def to_json(self, timeline: bool = True) -> str:
+        out = self.summary()
+        if timeline:
+            out.update(self.ticks_and_events())
+        return json.dumps(out, indent=2)
 
     def format(self) -> str:
         """A human-readable report (plain text: the robot install has no rich)."""

@@ -12,7 +12,9 @@ command of at most 8 minutes:
 3. a closed-loop figure: simulated R1Pro robots at 30 Hz (``xvla-agent`` processes) against the real
    service (``xvla-serve --providers torch-cuda``, a torch-only bundle of ``xvla-0.9b``): how many
    robots run with zero starved ticks;
-4. results.json + report.md + chunk_latency.png under ``--out`` ($OUT) and ``--results`` (the
+4. DexVLA at real sizes (``dexvla-2b-scaledp-h``, seeded random weights, bf16 eager) per stage:
+   vision, prefill, decode per token, FiLM + diffusion, at batch 1 and 8;
+5. results.json + report.md + chunk_latency.png under ``--out`` ($OUT) and ``--results`` (the
    committed ``benchmarks/results/<machine>/device_check``).
 
 ``--dry-run`` runs the same code on the tiny presets on the CPU (CUDA-graph cases report why they
@@ -52,6 +54,9 @@ class CheckConfig:
     closed_loop_seconds: float = 10.0
     closed_loop_provider: str = "torch-cuda"
     matmul_n: int = 8192
+    dexvla_preset: str = "dexvla-2b-scaledp-h"  # issue 14: DexVLA at real sizes, seeded random weights
+    dexvla_batches: tuple[int, ...] = (1, 8)
+    dexvla_new_tokens: int = 16
 
     @classmethod
     def full(cls) -> "CheckConfig":
@@ -60,7 +65,8 @@ class CheckConfig:
     @classmethod
     def dry_run(cls) -> "CheckConfig":
         return cls(presets=("tiny",), batches=(1, 2), warmup=1, iters=2, device="cpu", closed_loop_preset="tiny",
-                   closed_loop_sizes=(1,), closed_loop_seconds=2.0, closed_loop_provider="torch-cpu", matmul_n=256)
+                   closed_loop_sizes=(1,), closed_loop_seconds=2.0, closed_loop_provider="torch-cpu", matmul_n=256,
+                   dexvla_preset="tiny-dexvla", dexvla_batches=(1, 2), dexvla_new_tokens=4)
 
 
 @dataclass
@@ -85,6 +91,7 @@ class CheckResult:
     cases: list[ChunkCase] = field(default_factory=list)
     flops: dict[str, Any] = field(default_factory=dict)
     closed_loop: dict[str, Any] = field(default_factory=dict)
+    dexvla: list[dict[str, Any]] = field(default_factory=list)
     targets: dict[str, Any] = field(default_factory=dict)
     seconds: float = 0.0
 
@@ -238,6 +245,40 @@ def run_chunk_cases(torch: Any, cfg: CheckConfig, preset: str, flops: Optional[i
     return cases
 
 
+def run_dexvla_cases(torch: Any, cfg: CheckConfig, timer: Timer, progress: Callable[[str], None]) -> list[dict]:
+    """DexVLA per stage (vision, prefill, decode per token, FiLM + diffusion), eager, bf16 on a GPU (fp32 on the
+    CPU dry run), three 224x224 cameras, seeded random weights built on the device."""
+    from xvla.benchmarks.dexvla_stages import measure
+    from xvla.export.policies.dexvla.presets import build_seeded
+
+    dtype = torch.bfloat16 if cfg.device == "cuda" else torch.float32
+    out: list[dict] = []
+    try:
+        model = build_seeded(cfg.dexvla_preset, seed=0).to(device=cfg.device, dtype=dtype)
+    except Exception as exc:  # noqa: BLE001 - e.g. out of memory: the other sections still count
+        return [{"preset": cfg.dexvla_preset, "skipped": f"build failed: {type(exc).__name__}: {str(exc)[:300]}"}]
+
+    def time_ms(fn: Callable[[], object], repeats: int) -> float:
+        return float(np.percentile(timer.time(fn, cfg.warmup, repeats), 50))
+
+    for b in cfg.dexvla_batches:
+        progress(f"{cfg.dexvla_preset} {str(dtype).replace('torch.', '')} b={b}")
+        try:
+            if cfg.device == "cuda":
+                torch.cuda.reset_peak_memory_stats()
+            row = measure(cfg.dexvla_preset, b, 3, 224, 40, cfg.dexvla_new_tokens, cfg.iters, device=cfg.device,
+                          dtype=dtype, time_ms=time_ms, model=model)
+            if cfg.device == "cuda":
+                row["memory_gib"] = round(torch.cuda.max_memory_allocated() / 2**30, 3)
+            out.append(row)
+        except Exception as exc:  # noqa: BLE001
+            out.append({"preset": cfg.dexvla_preset, "batch": b, "skipped": f"failed: {type(exc).__name__}: {str(exc)[:300]}"})
+    del model
+    if cfg.device == "cuda":
+        torch.cuda.empty_cache()
+    return out
+
+
 # ------------------------------------------------------------------------------------ closed loop
 
 
@@ -293,6 +334,13 @@ def write_report(res: CheckResult, dirs: list[Path]) -> None:
     for k, v in res.targets.items():
         lines.append(f"| {k} | <= {v['target']} | {v['reached'] if v['reached'] is not None else '-'} | "
                      f"{'-' if v['met'] is None else ('yes' if v['met'] else 'no')} |")
+    lines += ["", "## DexVLA per stage (eager; seeded random weights, 3 cameras 224x224)", "",
+              "| preset | batch | vision ms | prefill ms | decode ms/token | FiLM + diffusion ms | chunk estimate ms | note |",
+              "|---|---|---|---|---|---|---|---|"]
+    for r in res.dexvla:
+        lines.append(f"| {r.get('preset')} | {r.get('batch', '-')} | {r.get('vision_ms', '-')} | {r.get('prefill_ms', '-')} "
+                     f"| {r.get('decode_per_token_ms', '-')} | {r.get('diffusion_ms', '-')} "
+                     f"| {r.get('chunk_ms_estimate', '-')} | {r.get('skipped', '')} |")
     cl = res.closed_loop
     lines += ["", "## Closed loop (simulated robots at 30 Hz through xvla-serve)", ""]
     if cl.get("error"):
@@ -370,6 +418,7 @@ def main(argv: Optional[list[str]] = None) -> int:
             res.flops[preset] = {"error": f"{type(exc).__name__}: {exc}"}
         res.cases += run_chunk_cases(torch, cfg, preset, res.flops[preset].get("chunk"), res.peak_bf16_tflops,
                                      timer, progress)
+    res.dexvla = run_dexvla_cases(torch, cfg, timer, progress)
     res.targets = targets(res.cases)
     if not args.no_closed_loop:
         try:

@@ -51,13 +51,19 @@ def _inputs(name: str, batch: int, views: int, hw: int, text_tokens: int, seed: 
 
 
 @torch.no_grad()
-def measure(name: str, batch: int, views: int, hw: int, text_tokens: int, new_tokens: int, repeats: int) -> dict:
-    model = build_seeded(name, seed=0)
+def measure(name: str, batch: int, views: int, hw: int, text_tokens: int, new_tokens: int, repeats: int,
+            device: str = "cpu", dtype: torch.dtype = torch.float32,
+            time_ms: Callable[[Callable[[], object], int], float] | None = None, model: object = None) -> dict:
+    """Per-stage medians; ``device``/``dtype``/``time_ms`` (e.g. CUDA events) let the GPU device check reuse it."""
+    time_ms = time_ms or _median_ms
+    model = model if model is not None else build_seeded(name, seed=0).to(device=device, dtype=dtype)
     cfg, ids, mask, pv, grid, states, noise = _inputs(name, batch, views, hw, text_tokens)
+    ids, mask, grid = ids.to(device), mask.to(device), grid.to(device)
+    pv, states, noise = pv.to(device, dtype), states.to(device, dtype), noise.to(device, dtype)
     pos, deltas = model.rope_index(ids, grid, mask)
     img = model.image_embeds(pv, grid)
     hidden, cache = model.prefill(ids, mask, img, pos)
-    tokens = torch.zeros(batch, dtype=torch.long)
+    tokens = torch.zeros(batch, dtype=torch.long, device=device)
 
     def decode_n() -> None:  # new_tokens - 1 decode steps on a copy of the prefilled cache
         c = KVCache(len(cache.keys), cache.keys, cache.values)
@@ -67,18 +73,18 @@ def measure(name: str, batch: int, views: int, hw: int, text_tokens: int, new_to
             model.lm_head(model.decode_step(tokens, m, deltas, c)[:, -1])
 
     rows = torch.cat([hidden, hidden[:, -1:].expand(-1, new_tokens - 1, -1)], dim=1)
-    n_new = torch.full((batch,), new_tokens)
-    seqs = torch.cat([ids, torch.zeros(batch, new_tokens, dtype=torch.long)], dim=1)
+    n_new = torch.full((batch,), new_tokens, device=device)
+    seqs = torch.cat([ids, torch.zeros(batch, new_tokens, dtype=torch.long, device=device)], dim=1)
 
     def diffusion() -> None:
         cond = model.film(seqs, rows, ids.shape[1], n_new)["action_hidden_states"]
         model.sample_actions(cond, states, noise)
 
     res = {
-        "vision_ms": _median_ms(lambda: model.image_embeds(pv, grid), repeats),
-        "prefill_ms": _median_ms(lambda: model.lm_head(model.prefill(ids, mask, img, pos)[0][:, -1]), repeats),
-        "decode_per_token_ms": _median_ms(decode_n, repeats) / max(1, new_tokens - 1),
-        "diffusion_ms": _median_ms(diffusion, repeats),
+        "vision_ms": time_ms(lambda: model.image_embeds(pv, grid), repeats),
+        "prefill_ms": time_ms(lambda: model.lm_head(model.prefill(ids, mask, img, pos)[0][:, -1]), repeats),
+        "decode_per_token_ms": time_ms(decode_n, repeats) / max(1, new_tokens - 1),
+        "diffusion_ms": time_ms(diffusion, repeats),
     }
     res["chunk_ms_estimate"] = (res["vision_ms"] + res["prefill_ms"] + res["decode_per_token_ms"] * (new_tokens - 1)
                                 + res["diffusion_ms"])

@@ -115,6 +115,11 @@ async def run_stream(
             next_ok.set()
             if len(result.ticks) >= n:
                 break
+        # All replies are in and the request stream has ended (half-close): wait for the server's
+        # final status instead of cancelling the call, so the session is over on the server too
+        # (its gauges and logs) when this returns.
+        result.code = await asyncio.wait_for(call.code(), timeout=30)
+        result.details = await call.details() or ""
     except grpc.aio.AioRpcError as err:
         result.code, result.details = err.code(), err.details() or ""
     finally:

@@ -12,6 +12,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from xvla.core.errors import InputError
+from xvla.core.limits import check_image_header
 
 MAX_IMAGE_SIDE = 8192
 
@@ -39,6 +40,7 @@ def decode_image(encoding: str, data: bytes, height: int = 0, width: int = 0, fi
     if encoding in ("jpeg", "png"):
         import cv2
 
+        check_image_header(data, encoding, field)  # declared size within the caps BEFORE decoding (bombs)
         img = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR) if data else None
         if img is None:
             raise InputError(f"{field}.data", f"could not decode {len(data)} bytes as {encoding.upper()}")

@@ -12,6 +12,7 @@ from typing import Sequence
 import numpy as np
 
 from xvla.core.errors import InputError
+from xvla.core.limits import check_shape
 from xvla.proto import policy_pb2 as pb
 
 DTYPES: dict[int, np.dtype] = {
@@ -36,9 +37,7 @@ def tensor_to_numpy(t: pb.Tensor, field: str = "tensor", allowed: Sequence[int] 
         raise InputError(f"{field}.dtype", f"unsupported or unspecified dtype {_dtype_name(t.dtype)}")
     if allowed is not None and t.dtype not in allowed:
         raise InputError(f"{field}.dtype", f"expected one of {[pb.DType.Name(a) for a in allowed]}, got {_dtype_name(t.dtype)}")
-    shape = tuple(int(d) for d in t.shape)
-    if any(d < 0 for d in shape):
-        raise InputError(f"{field}.shape", f"negative dimension in {list(shape)}")
+    shape = check_shape(t.shape, field)  # rank, sign, element count before anything is allocated
     dtype = DTYPES[t.dtype]
     n = math.prod(shape)
     if len(t.data) != n * dtype.itemsize:

@@ -33,7 +33,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help=f"with neither --bundle nor --routes: the seeded preset to export and serve "
                         f"(default {DEFAULT_PRESET}: the R1Pro BEHAVIOR-style default that xvla-agent run simulates)")
     p.add_argument("--artifacts", type=Path, default=Path("artifacts"), help="cache folder for the exported default bundle")
-    p.add_argument("--host", default="0.0.0.0")
+    p.add_argument("--host", default="127.0.0.1",
+                   help="bind address (default loopback only; 0.0.0.0 or an interface address to serve a network)")
     p.add_argument("--port", type=int, default=50051, help="gRPC port (0: any free port, printed at start)")
     p.add_argument("--providers", default="cpu", help="comma list: cpu, cuda, tensorrt (onnxruntime), trt-native, "
                    "or torch-cuda[-bf16|-fp16|-fp32] / torch-cpu (PyTorch engines)")
@@ -44,6 +45,16 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=None, help="rows per engine call (default: the bundle's max_batch)")
     p.add_argument("--max-sessions", type=int, default=64)
     p.add_argument("--max-message-mb", type=float, default=16.0)
+    p.add_argument("--header-timeout", type=float, default=10.0, help="s a new stream may take to send its header")
+    p.add_argument("--idle-timeout", type=float, default=30.0, help="s of silence after which a stream is closed")
+    p.add_argument("--no-bdp-probe", action="store_true",
+                   help="keep HTTP/2 windows at 64 KB: bounds what a fast writer can park in server memory (LAN only)")
+    sec = p.add_argument_group("security (docs/security.md)")
+    sec.add_argument("--tls-cert", type=Path, help="PEM server certificate chain: enables TLS")
+    sec.add_argument("--tls-key", type=Path, help="PEM server private key")
+    sec.add_argument("--tls-client-ca", type=Path, help="PEM CA bundle: require client certificates it signed (mTLS)")
+    sec.add_argument("--auth-token-file", type=Path,
+                     help="accepted bearer tokens, one per line: every policy call must carry one (health stays open)")
     p.add_argument("--control-rate", type=float, default=30.0, help="Hz, for sessions that do not say")
     p.add_argument("--mode", choices=[m.value for m in ExecutionMode], default="temporal_ensemble",
                    help="default execution mode for sessions that do not choose")
@@ -61,6 +72,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 def make_server(args: argparse.Namespace):
     from xvla.runtime.engines import parse_providers
+    from xvla.runtime.security import ServerSecurity
     from xvla.runtime.server import PolicyServer
     from xvla.runtime.service import ServiceConfig
     from xvla.runtime.skills import RoutingTable
@@ -83,8 +95,14 @@ def make_server(args: argparse.Namespace):
                         intra_op_threads=args.threads, batch_window_ms=args.batch_window_ms, max_batch=args.max_batch,
                         max_sessions=args.max_sessions, max_message_bytes=int(args.max_message_mb * 1024 * 1024),
                         control_rate_hz=args.control_rate, execution=execution, warmup=not args.no_warmup,
-                        verify_bundles=not args.no_verify, seed=args.seed)
-    return PolicyServer(routes, cfg, host=args.host, port=args.port, metrics_port=args.metrics_port)
+                        verify_bundles=not args.no_verify, seed=args.seed,
+                        header_timeout_s=args.header_timeout, idle_timeout_s=args.idle_timeout,
+                        bdp_probe=not args.no_bdp_probe)
+    security = ServerSecurity.from_files(args.tls_cert, args.tls_key, args.tls_client_ca, args.auth_token_file)
+    for warning in security.startup_warnings(args.host):
+        print(f"xvla-serve: WARNING: {warning}", file=sys.stderr, flush=True)
+    return PolicyServer(routes, cfg, host=args.host, port=args.port, metrics_port=args.metrics_port,
+                        security=security)
 
 
 async def serve(args: argparse.Namespace) -> int:

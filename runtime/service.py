@@ -54,7 +54,12 @@ class ServiceConfig:
     intra_op_threads: int = 0
     batch_window_ms: float = 2.0
     max_batch: int | None = None  # None: the bundle manifest's max_batch
-    max_sessions: int = 64
+    max_sessions: int = 64  # open streams, counted from the moment a stream opens
+    header_timeout_s: float = 10.0  # a stream without its SessionHeader this long is closed (slot freed)
+    idle_timeout_s: float = 30.0  # a stream that sends nothing this long is closed (slot freed)
+    min_client_ping_interval_s: float = 5.0  # accepted HTTP/2 ping rate; the agent pings every 10 s
+    server_keepalive_time_s: float = 30.0  # the server pings idle connections to find dead peers
+    bdp_probe: bool = True  # grpc's flow-control window auto-tuning (False: per-stream buffering bounded)
     max_message_bytes: int = 16 * 1024 * 1024
     control_rate_hz: float = 30.0  # used when a session header leaves it 0
     execution: ExecutionConfig = field(default_factory=ExecutionConfig)  # defaults for header zeros

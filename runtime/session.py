@@ -27,6 +27,7 @@ from typing import TYPE_CHECKING, Any
 import numpy as np
 
 from xvla.core.errors import InputError
+from xvla.core.limits import check_instruction, check_name
 from xvla.core.tensors import numpy_to_tensor
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.execution import ActionPlan, ExecutionConfig, ExecutionMode, SkillChange
@@ -89,6 +90,9 @@ def stage_timings(t: dict[str, float]) -> pb.StageTimings:
 def resolve_header(service: "PolicyService", header: pb.SessionHeader, field: str = "header") -> SessionTarget:
     """Validates a SessionHeader against the served policies; every error names its field."""
     spec = service.gate_policy.spec
+    check_instruction(header.instruction, f"{field}.instruction")  # before anything tokenises it
+    for name in ("session_id", "robot_id", "skill", "route"):
+        check_name(getattr(header, name), f"{field}.{name}")
     known_tasks = {int(t["id"]) for t in spec.tasks}
     if spec.needs_task:
         if header.task_id < 0 or (known_tasks and header.task_id not in known_tasks):

@@ -13,6 +13,7 @@ import numpy as np
 
 from xvla.core.errors import InputError
 from xvla.core.images import MAX_IMAGE_SIDE, CameraInput, decode_image
+from xvla.core.limits import bounded, check_image_header, check_instruction
 from xvla.core.pose import check_pose
 from xvla.core.tensors import tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
@@ -33,7 +34,8 @@ def check_observation(obs: pb.Observation, spec: PolicySpec, field: str = "obser
     for i, cam in enumerate(obs.cameras):
         f = f"{field}.cameras[{i}]"
         if cam.name not in camera_names:
-            raise InputError(f"{f}.name", f"unknown camera {cam.name!r}; this policy's cameras are {list(camera_names)}")
+            raise InputError(f"{f}.name", f"unknown camera {bounded(repr(cam.name), 80)}; "
+                                          f"this policy's cameras are {list(camera_names)}")
         if cam.name in seen:
             raise InputError(f"{f}.name", f"camera {cam.name!r} sent twice")
         seen.add(cam.name)
@@ -49,11 +51,15 @@ def check_observation(obs: pb.Observation, spec: PolicySpec, field: str = "obser
             # a full decode happens only for the observations a chunk is planned from; the
             # signature check catches wrong/garbled payloads on every tick at no cost
             raise InputError(f"{f}.image.data", f"not a {ENCODINGS[img.encoding].upper()} file ({len(img.data)} bytes)")
+        else:  # the declared size, from the header: a decompression bomb is refused before any decode
+            check_image_header(img.data, ENCODINGS[img.encoding], f"{f}.image")
         for name, shape in (("extrinsics", (4, 4)), ("intrinsics", (3, 3))):
             if cam.HasField(name):
                 check_pose(tensor_to_numpy(getattr(cam, name), f"{f}.{name}", (pb.FLOAT32, pb.FLOAT64)), shape, f"{f}.{name}")
             elif needs_pose:
                 raise InputError(f"{f}.{name}", "this policy has a geometry encoder: camera poses are required")
+    if obs.instruction:
+        check_instruction(obs.instruction, f"{field}.instruction")
     if not obs.HasField("proprio"):
         raise InputError(f"{field}.proprio", f"required: shape one of {[[d] for d in accepted_proprio]}")
     return check_proprio(tensor_to_numpy(obs.proprio, f"{field}.proprio", (pb.FLOAT32, pb.FLOAT64)),

@@ -12,8 +12,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import time
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import grpc
 import numpy as np
@@ -31,7 +33,9 @@ from xvla.agents.client import (
     StreamSession,
 )
 from xvla.agents.observation import ObservationEncoder
+from xvla.core.auth import load_tokens, token_from_header, token_ok
 from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
+from xvla.core.net import is_loopback
 from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb
 
@@ -51,8 +55,52 @@ class PolicyError(RuntimeError):
 
 
 @dataclass
+class ListenerSecurity:
+    """TLS (mutual when ``tls_client_ca`` is given) and bearer tokens for a bridge's listener: one
+    implementation for the websocket (openpi) and HTTP (/act) bridges; ZeroMQ uses CURVE instead.
+    Health endpoints (``/healthz``) stay open for probes; everything else needs a token if any is set."""
+
+    tls_cert: Path | None = None
+    tls_key: Path | None = None
+    tls_client_ca: Path | None = None
+    tokens: tuple[str, ...] = ()
+
+    def __post_init__(self) -> None:
+        if bool(self.tls_cert) != bool(self.tls_key):
+            raise ValueError("bridge: --tls-cert and --tls-key must be given together")
+        if self.tls_client_ca and not self.tls_cert:
+            raise ValueError("bridge: --tls-client-ca (mutual TLS) needs --tls-cert and --tls-key")
+
+    @classmethod
+    def from_files(cls, tls_cert=None, tls_key=None, tls_client_ca=None, auth_token_file=None) -> "ListenerSecurity":
+        return cls(Path(tls_cert) if tls_cert else None, Path(tls_key) if tls_key else None,
+                   Path(tls_client_ca) if tls_client_ca else None,
+                   load_tokens(auth_token_file, "--listen-token-file") if auth_token_file else ())
+
+    def ssl_context(self) -> ssl.SSLContext | None:
+        if self.tls_cert is None:
+            return None
+        ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
+        ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
+        if self.tls_client_ca is not None:
+            ctx.load_verify_locations(str(self.tls_client_ca))
+            ctx.verify_mode = ssl.CERT_REQUIRED
+        return ctx
+
+    def authorized(self, authorization: str | None) -> bool:
+        return not self.tokens or token_ok(token_from_header(authorization), self.tokens)
+
+    def startup_warnings(self, host: str, what: str) -> list[str]:
+        if is_loopback(host) or self.tls_cert or self.tokens:
+            return []
+        return [f"{what} listens in PLAINTEXT without authentication on {host}: anyone who reaches it can drive "
+                "the robot; give --listen-token-file and --listen-tls-cert/--listen-tls-key"]
+
+
+@dataclass
 class BridgeConfig:
-    host: str = "0.0.0.0"
+    host: str = "127.0.0.1"  # loopback unless asked: a bridge drives a robot
     port: int = 8000
     max_message_bytes: int = 64 * 1024 * 1024  # larger requests get an error reply
     reply_timeout_s: float = 10.0  # per action; covers a cold first chunk on a slow machine
@@ -64,6 +112,7 @@ class BridgeConfig:
     # Task -> the service route (specialist bundle) that serves it, keyed by the policy's task id (as a
     # string) or task name; unlisted tasks take the service's own routing (skill gate, default route).
     task_routes: dict[str, str] = field(default_factory=dict)
+    security: ListenerSecurity = field(default_factory=ListenerSecurity)
 
     def header(self, task_id: int | None, route: str = "") -> pb.SessionHeader:
         return pb.SessionHeader(
@@ -265,7 +314,9 @@ class LockstepSession:
         request asks for them; a batched request (leading batch axis) gets one back."""
         policy = await self.prepare()
         k = chunk_size(data, policy.horizon)
-        b = translate(data, policy, self.encoder)
+        # decoding checks and the resize of full camera frames take milliseconds each: in a worker
+        # thread, so one client's frames never stall the bridge's other connections (or its health)
+        b = await asyncio.to_thread(translate, data, policy, self.encoder)
         if k is not None:
             actions, resp = await self.chunk(b.observation, b.task_id, k)
             out: dict = {"action": actions[0], "action_chunk": actions, "skill": resp.skill}

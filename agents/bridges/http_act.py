@@ -30,6 +30,7 @@ Also: ``GET /healthz`` (200/503) and ``GET /describe`` (the policy description a
 
 from __future__ import annotations
 
+import asyncio
 import io
 import json
 import logging
@@ -203,11 +204,17 @@ class HttpActBridge(BridgeServer):
         self.port = 0
 
     def app(self) -> web.Application:
-        app = web.Application(client_max_size=self.config.max_message_bytes)
+        app = web.Application(client_max_size=self.config.max_message_bytes, middlewares=[self._auth])
         app.router.add_post("/act", self._act)
         app.router.add_get("/healthz", self._healthz)
         app.router.add_get("/describe", self._describe)
         return app
+
+    @web.middleware
+    async def _auth(self, request: web.Request, handler):
+        if request.path != "/healthz" and not self.config.security.authorized(request.headers.get("Authorization")):
+            return _json_error(401, "authorization: missing or wrong token")
+        return await handler(request)
 
     async def _healthz(self, request: web.Request) -> web.Response:
         if await self.core.healthy():
@@ -238,7 +245,8 @@ class HttpActBridge(BridgeServer):
                 self.core.counters["errors"] += 1
                 return _validation_error("dict_type", "Input should be a valid dictionary", ["body"])
             policy = await self.core.policy()
-            obs, instruction, domain_id, steps = build_observation(payload, policy, self.bgr_jpeg)
+            # lists -> arrays, image checks and resizes: off the event loop (other requests, health)
+            obs, instruction, domain_id, steps = await asyncio.to_thread(build_observation, payload, policy, self.bgr_jpeg)
             actions, _ = await self._session.chunk(obs, None, None, steps=steps, instruction=instruction, domain_id=domain_id,
                                                    noise=payload_noise(payload))
         except web.HTTPRequestEntityTooLarge:
@@ -258,7 +266,10 @@ class HttpActBridge(BridgeServer):
     async def start(self) -> int:
         self._runner = web.AppRunner(self.app(), access_log=None)
         await self._runner.setup()
-        site = web.TCPSite(self._runner, self.config.host, self.config.port)
+        site = web.TCPSite(self._runner, self.config.host, self.config.port,
+                           ssl_context=self.config.security.ssl_context())
+        for warning in self.config.security.startup_warnings(self.config.host, "the HTTP /act bridge"):
+            log.warning(warning)
         await site.start()
         server = site._server  # the bound port when port=0
         self.port = server.sockets[0].getsockname()[1] if server and server.sockets else self.config.port

@@ -24,6 +24,8 @@ import numpy as np
 from xvla.agents.bridges.codecs import WireError
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.robot import RobotObservation
+from xvla.core.errors import InputError
+from xvla.core.limits import check_image_size
 from xvla.proto import policy_pb2 as pb
 
 BEHAVIOR_CAMERA_KEYS: dict[str, str] = {
@@ -87,6 +89,10 @@ def _image(value: Any, key: str) -> tuple[np.ndarray, bool]:
         raise WireError(f"{key}: expected an HxWx3 (RGB) or HxWx4 (RGBA) image, got shape {list(value.shape)}")
     if a.dtype != np.uint8:
         raise WireError(f"{key}: expected uint8 pixels, got {a.dtype}")
+    try:  # a 1x9,000,000 frame would stall the resize for minutes: refused before any work
+        check_image_size(a.shape[0], a.shape[1], key)
+    except InputError as e:
+        raise WireError(str(e)) from None
     return a, batched
 
 

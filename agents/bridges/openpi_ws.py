@@ -52,6 +52,9 @@ class OpenpiBridge(BridgeServer):
             if ok:
                 return connection.respond(http.HTTPStatus.OK, "OK\n")
             return connection.respond(http.HTTPStatus.SERVICE_UNAVAILABLE, "policy service unavailable\n")
+        if not self.config.security.authorized(request.headers.get("Authorization")):
+            log.warning("openpi connection refused: missing or wrong token")
+            return connection.respond(http.HTTPStatus.UNAUTHORIZED, "authorization: missing or wrong token\n")
         return None
 
     async def _handle(self, ws: ServerConnection) -> None:
@@ -111,9 +114,13 @@ class OpenpiBridge(BridgeServer):
             compression=None,
             ping_interval=60,
             ping_timeout=300,
+            ssl=self.config.security.ssl_context(),
         )
+        for warning in self.config.security.startup_warnings(self.config.host, "the openpi bridge"):
+            log.warning(warning)
         self.port = self._server.sockets[0].getsockname()[1] if self._server.sockets else self.config.port
-        log.info("openpi websocket bridge on ws://%s:%d", self.config.host, self.port)
+        log.info("openpi websocket bridge on %s://%s:%d", "wss" if self.config.security.tls_cert else "ws",
+                 self.config.host, self.port)
         return self.port
 
     async def stop(self) -> None:

@@ -29,6 +29,12 @@ def test_run_prints_json_statistics():
     assert s["fresh_ticks"] + s["plan_ticks"] + s["safe_ticks"] == s["ticks"]
     assert s["sessions"] == 1 and s["replies"] > 30
     assert s["wire_bytes_per_frame"] < s["raw_bytes_per_frame"]
+    # the per-tick timeline and the session events, with times since the loop's start
+    assert len(s["timeline"]) == len(s["tick_t_s"]) == s["ticks"] and set(s["timeline"]) <= set("FPS")
+    assert s["timeline"].count("F") == s["fresh_ticks"] and s["tick_t_s"] == sorted(s["tick_t_s"])
+    assert 0 <= s["tick_t_s"][0] and s["tick_t_s"][-1] <= s["duration_s"] + 0.1
+    opens = [e for e in s["events"] if e["event"] == "session_open"]
+    assert len(opens) == 1 and opens[0]["detail"] == srv.target and s["t0_monotonic"] > 0
 
 
 def test_describe_and_a_clear_error_without_server():

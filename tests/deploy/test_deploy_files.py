@@ -11,6 +11,7 @@ import pytest
 import yaml
 
 from xvla.runtime.cli import build_parser as serve_parser
+from xvla.runtime.probe import build_parser as probe_parser
 
 DEPLOY = Path(__file__).resolve().parents[2] / "deploy"
 
@@ -24,7 +25,10 @@ def test_k8s_container_args_parse_and_ports_match() -> None:
     container = deployment["spec"]["template"]["spec"]["containers"][0]
     args = serve_parser().parse_args(container["args"])
     ports = {p["name"]: p["containerPort"] for p in container["ports"]}
-    assert args.port == ports["grpc"] == container["readinessProbe"]["grpc"]["port"]
+    probe = container["readinessProbe"]["exec"]["command"]
+    assert probe[:3] == ["python", "-m", "xvla.runtime.probe"]
+    probe_args = probe_parser().parse_args(probe[3:])
+    assert args.port == ports["grpc"] == int(probe_args.target.rsplit(":", 1)[1])
     assert args.metrics_port == ports["metrics"]
     annotations = deployment["spec"]["template"]["metadata"]["annotations"]
     assert int(annotations["prometheus.io/port"]) == args.metrics_port

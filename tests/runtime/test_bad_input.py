@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from tests.runtime.fakes import FAKE_CAMERAS, FAKE_D, FAKE_SKILLS, FakeAction, FakeVLM, fake_factory, fake_policy
-from tests.support.serving import serve_in_background
+from xvla.benchmarks.serving import serve_in_background
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.core.tensors import numpy_to_tensor
 from xvla.proto import policy_pb2 as pb

@@ -21,7 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REALTIME, conformance_root
-from tests.support.serving import serve_in_background
+from xvla.benchmarks.serving import serve_in_background
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.core.images import CameraInput
 from xvla.core.tensors import encode_image_raw, numpy_to_tensor, tensor_to_numpy

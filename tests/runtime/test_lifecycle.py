@@ -130,3 +130,22 @@ async def test_metrics_endpoint_and_reflection(tmp_path):
             names = [s.name for s in r.list_services_response.service]
     assert SERVICE_NAME in names and "grpc.health.v1.Health" in names
     await server.stop(grace=1)
+
+
+async def test_run_stream_returns_after_the_server_closed_the_session(tmp_path):
+    """The cause of a flaky `xvla_sessions 1.0`: the client stopped at its last reply and cancelled the
+    call, so the server closed the session (waiting for the chunk in flight) after the client had moved
+    on. run_stream now half-closes and waits for the final status; a chunk is always in flight here."""
+    pol = fake_policy(tmp_path / "fake", action=FakeAction(delay_s=0.2))
+    server = PolicyServer(RoutingTable.single(tmp_path / "fake"), ServiceConfig(), policy_factory=fake_factory({"default": pol}))
+    port = await server.start()
+    rng = np.random.default_rng(0)
+    header = pb.SessionHeader(task_id=-1, execution=pb.ExecutionSettings(mode=pb.RECEDING_HORIZON, replan_threshold=FAKE_T))
+    try:
+        res = await run_stream(f"127.0.0.1:{port}", header, lambda f: synthetic_observation(f, CAMS, FAKE_D, rng, float(f)),
+                               n=5, rate_hz=None)
+        text = server.metrics.text()
+    finally:
+        await server.stop(grace=1)
+    assert res.code == grpc.StatusCode.OK, res.details
+    assert "xvla_sessions 0.0" in text

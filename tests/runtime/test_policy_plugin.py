@@ -13,7 +13,7 @@ import grpc
 import numpy as np
 import pytest
 
-from tests.support.serving import serve_in_background
+from xvla.benchmarks.serving import serve_in_background
 from xvla.benchmarks.stream_client import run_stream
 from xvla.core.manifest import FORMAT_VERSION, BundleError, write_manifest
 from xvla.core.tensors import encode_image_raw, numpy_to_tensor

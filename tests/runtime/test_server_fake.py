@@ -21,7 +21,7 @@ from tests.runtime.fakes import (
     fake_factory,
     fake_policy,
 )
-from tests.support.serving import serve_in_background
+from xvla.benchmarks.serving import serve_in_background
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.proto import policy_pb2 as pb
 from xvla.runtime.service import ServiceConfig

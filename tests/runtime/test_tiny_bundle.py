@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REALTIME
-from tests.support.serving import serve_in_background, slow_engines
+from xvla.benchmarks.serving import serve_in_background, slow_engines
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.core.tensors import numpy_to_tensor, tensor_to_numpy
 from xvla.proto import policy_pb2 as pb

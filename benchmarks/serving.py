@@ -1,6 +1,6 @@
-"""Helpers to run a policy server inside tests, benchmarks and the demo.
+"""Helpers to run a policy server in-process, for benchmarks and tests.
 
-    from tests.support.serving import serve_in_background
+    from xvla.benchmarks.serving import serve_in_background
 
     with serve_in_background(bundle_dir) as (server, port):      # sync: own event loop in a thread
         channel = grpc.insecure_channel(f"127.0.0.1:{port}")
@@ -24,6 +24,7 @@ from typing import Any, Mapping, Sequence
 import numpy as np
 
 from xvla.runtime.engines.base import Engine
+from xvla.runtime.security import ServerSecurity
 from xvla.runtime.server import PolicyServer
 from xvla.runtime.service import EngineWrapper, PolicyFactory, ServiceConfig
 from xvla.runtime.skills import RoutingTable
@@ -59,12 +60,12 @@ class BackgroundServer:
     def __init__(self, bundle_dir: str | Path | None = None, port: int = 0, *, routes: RoutingTable | None = None,
                  config: ServiceConfig | None = None, host: str = "127.0.0.1", metrics_port: int | None = None,
                  engine_wrapper: EngineWrapper | None = None, policy_factory: PolicyFactory | None = None,
-                 grace: float = 2.0) -> None:
+                 grace: float = 2.0, security: "ServerSecurity | None" = None) -> None:
         if routes is None:
             if bundle_dir is None:
                 raise ValueError("serve_in_background needs bundle_dir or routes")
             routes = RoutingTable.single(bundle_dir)
-        self.server = PolicyServer(routes, config, host, port, metrics_port, engine_wrapper, policy_factory)
+        self.server = PolicyServer(routes, config, host, port, metrics_port, engine_wrapper, policy_factory, security)
         self.grace = grace
         self._loop: asyncio.AbstractEventLoop | None = None
         self._thread: threading.Thread | None = None
