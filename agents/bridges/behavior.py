@@ -225,6 +225,12 @@ class BehaviorBridge(OpenpiBridge):
                     log.info("error reply to env %d: %s", env, e)
                     await ws.send(f"error: {e}")
                     continue
+                except Exception as e:  # noqa: BLE001 - a bug on one message must not drop the evaluator (1011)
+                    self.core.counters["errors"] += 1
+                    info.errors += 1
+                    log.exception("unexpected error answering env %d", env)
+                    await ws.send(f"error: internal bridge error ({type(e).__name__})")
+                    continue
                 if reply is None:  # reset: no reply by protocol
                     continue
                 infer_ms = reply.pop("_infer_ms")

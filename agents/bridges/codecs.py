@@ -29,6 +29,29 @@ class WireError(ValueError):
     """Input that cannot be decoded; the message says what and where."""
 
 
+INT32_MAX = 2**31 - 1
+
+
+def as_array(value: Any, key: str, dtype: Any = None) -> np.ndarray:
+    """``np.asarray`` for client data: ragged lists, overflowing ints and the like are a WireError naming ``key``."""
+    try:
+        return np.asarray(value, dtype=dtype)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise WireError(f"{key}: not a regular numeric array ({str(e)[:80]})") from None
+
+
+def as_int32(value: Any, key: str, lo: int = -INT32_MAX - 1) -> int:
+    """One integer within the wire contract's int32 (a bigger one would overflow the protobuf field)."""
+    try:
+        v = int(value)
+    except (TypeError, ValueError, OverflowError) as e:
+        raise WireError(f"{key}: not an integer ({str(e)[:60]})") from None
+    if not lo <= v <= INT32_MAX:
+        raise WireError(f"{key}: {v:.3g} is outside [{lo}, {INT32_MAX}]" if abs(v) > 1e12 else
+                        f"{key}: {v} is outside [{lo}, {INT32_MAX}]")
+    return v
+
+
 class ArrayStyle(str, Enum):
     OPENPI = "openpi"  # __ndarray__ maps (openpi, BEHAVIOR-1K)
     GR00T = "gr00t"  # __ndarray_class__ + .npy bytes

@@ -40,7 +40,7 @@ from pathlib import Path
 import numpy as np
 from aiohttp import web
 
-from xvla.agents.bridges.codecs import WireError, json_numpy_value
+from xvla.agents.bridges.codecs import WireError, as_array, as_int32, json_numpy_value
 from xvla.agents.bridges.core import BridgeConfig, BridgeCore, BridgeServer, LockstepSession, PolicyError
 from xvla.agents.bridges.observations import PolicyView
 from xvla.agents.client import ClientConfig
@@ -126,7 +126,7 @@ def build_observation(payload: dict, policy: PolicyView, bgr_jpeg: bool = False)
         if isinstance(v, str):
             encoded, pixels = _image_from_path(v, key)
         else:
-            a = np.asarray(v) if isinstance(v, (list, tuple)) else v
+            a = as_array(v, key) if isinstance(v, (list, tuple)) else v
             if not isinstance(a, np.ndarray):
                 raise WireError(f"{key}: expected an image array, got {type(v).__name__}")
             if a.ndim == 1 and a.dtype == np.uint8:  # encoded image bytes
@@ -166,17 +166,8 @@ def build_observation(payload: dict, policy: PolicyView, bgr_jpeg: bool = False)
         raise WireError("language_instruction: missing or not a string")
     if payload.get("domain_id") is None:
         raise WireError("domain_id: missing (the embodiment id, e.g. 19 for R1Pro)")
-    try:
-        domain_id = int(payload["domain_id"])
-    except (TypeError, ValueError) as e:
-        raise WireError(f"domain_id: not an integer ({payload['domain_id']!r:.30})") from e
-    if domain_id < 0:
-        raise WireError(f"domain_id: {domain_id} is negative")
-    steps = payload.get("steps", DEFAULT_STEPS)
-    try:
-        steps = max(1, int(steps))
-    except (TypeError, ValueError) as e:
-        raise WireError(f"steps: not an integer ({steps!r:.30})") from e
+    domain_id = as_int32(payload["domain_id"], "domain_id", lo=0)
+    steps = max(1, as_int32(payload.get("steps", DEFAULT_STEPS), "steps"))
     return obs, instruction, domain_id, steps
 
 
@@ -238,7 +229,7 @@ class HttpActBridge(BridgeServer):
                 raise
             try:
                 payload = json.loads(body)
-            except (ValueError, UnicodeDecodeError) as e:  # FastAPI: 422 json_invalid
+            except (ValueError, UnicodeDecodeError, RecursionError) as e:  # FastAPI: 422 json_invalid (deep nesting too)
                 self.core.counters["errors"] += 1
                 return _validation_error("json_invalid", f"JSON decode error ({type(e).__name__})", ["body", 0])
             if not isinstance(payload, dict):  # FastAPI: 422 dict_type

@@ -21,7 +21,7 @@ from typing import Any
 
 import numpy as np
 
-from xvla.agents.bridges.codecs import WireError
+from xvla.agents.bridges.codecs import WireError, as_array, as_int32
 from xvla.agents.observation import ObservationEncoder
 from xvla.agents.robot import RobotObservation
 from xvla.core.errors import InputError
@@ -117,10 +117,11 @@ def _proprio(value: Any, key: str, accepted: tuple[int, ...]) -> tuple[np.ndarra
 def _task_id(value: Any) -> int | None:
     if value is None:
         return None
-    a = np.asarray(value)
-    if a.size != 1 or a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and float(a.reshape(-1)[0]).is_integer()):
+    a = as_array(value, TASK_ID_KEY)
+    if a.size != 1 or a.dtype.kind not in "iu" and not (a.dtype.kind == "f" and np.isfinite(a).all()
+                                                        and float(a.reshape(-1)[0]).is_integer()):
         raise WireError(f"{TASK_ID_KEY}: expected one integer, got {value!r:.60}")
-    return int(a.reshape(-1)[0])
+    return as_int32(a.reshape(-1)[0], TASK_ID_KEY, lo=-1)
 
 
 def translate(obs: Any, policy: PolicyView, encoder: ObservationEncoder) -> BridgeObservation:
@@ -177,7 +178,7 @@ def chunk_size(obs: dict, horizon: int) -> int | None:
     v = obs.pop(ACTION_CHUNK_KEY, None)
     if v is None:
         v = obs.pop(ACTION_CHUNK_KEY.encode(), None)
-    a = np.asarray(v)
+    a = as_array(v, ACTION_CHUNK_KEY)
     if a.size != 1 or a.dtype.kind not in "iu":
         raise WireError(f"{ACTION_CHUNK_KEY}: expected a positive integer, got {v!r:.40}")
     k = int(a.reshape(-1)[0])

@@ -78,6 +78,11 @@ class OpenpiBridge(BridgeServer):
                     log.info("error reply to %s: %s", peer, e)
                     await ws.send(f"error: {e}")
                     continue
+                except Exception as e:  # noqa: BLE001 - a bug on one message must not drop the client (1011)
+                    self.core.counters["errors"] += 1
+                    log.exception("unexpected error answering %s", peer)
+                    await ws.send(f"error: internal bridge error ({type(e).__name__})")
+                    continue
                 if reply is None:  # reset: no reply by protocol
                     continue
                 reply["server_timing"] = {"infer_ms": (time.perf_counter() - t0) * 1e3}

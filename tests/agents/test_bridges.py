@@ -294,3 +294,20 @@ def test_http_act_rejects_garbage_and_oversized_bodies(http):
                                                   "image0": np.zeros((8, 8), int).tolist()}).encode())  # grayscale list
     assert code == 200  # and it still serves
 
+
+
+def test_ragged_and_overflowing_numbers_are_field_errors_not_crashes():
+    """Fuzz finds (issue 12): a ragged task id, a task id or domain id past int32, a ragged image list."""
+    from xvla.agents.bridges.codecs import WireError, as_array, as_int32
+    from xvla.agents.bridges.observations import _task_id, chunk_size
+
+    with pytest.raises(WireError, match="task_id"):
+        _task_id([[1, 2], [3]])
+    with pytest.raises(WireError, match=r"task_id: .* is outside"):
+        _task_id(2**40)
+    with pytest.raises(WireError, match="__action_chunk_size__"):
+        chunk_size({"__action_chunk_size__": [[1], [2, 3]]}, 30)
+    with pytest.raises(WireError, match=r"domain_id: .* is outside"):
+        as_int32(10**300, "domain_id", lo=0)
+    with pytest.raises(WireError, match="image0: not a regular numeric array"):
+        as_array([[1, 2, 3], [4]], "image0")
