@@ -8,7 +8,10 @@ reporter that still records every step's duration (they end up in the manifest).
 from __future__ import annotations
 
 import contextlib
+import io
+import logging
 import time
+import warnings
 from dataclasses import dataclass, field
 from typing import Iterator, Optional
 
@@ -99,3 +102,23 @@ def human_bytes(n: int) -> str:
             return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
         size /= 1024
     return f"{size:.1f} GiB"
+
+
+@contextlib.contextmanager
+def quiet_exporters(verbose: bool = False) -> Iterator[None]:
+    """The dynamo ONNX exporter prints progress lines and warnings; keep them out of our progress display."""
+    if verbose:
+        yield
+        return
+    buf = io.StringIO()
+    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
+            warnings.simplefilter("ignore")
+            yield
+    finally:
+        for lg, lvl in zip(loggers, levels):
+            lg.setLevel(lvl)

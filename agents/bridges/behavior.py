@@ -59,7 +59,7 @@ import numpy as np
 from websockets.asyncio.server import ServerConnection, serve
 from websockets.exceptions import ConnectionClosed
 
-from xvla.agents.bridges.codecs import WireError, packb, unpackb
+from xvla.agents.bridges.codecs import WireError, packb
 from xvla.agents.bridges.core import BridgeConfig, LockstepSession, PolicyError
 from xvla.agents.bridges.observations import (
     ACTION_CHUNK_KEY,
@@ -270,15 +270,9 @@ class BehaviorBridge(OpenpiBridge):
         return obs
 
     async def _answer_env(self, session: LockstepSession, info: SessionInfo, msg) -> dict | None:
-        if isinstance(msg, str):
-            raise WireError("expected binary msgpack frames, got a text frame")
-        obs = unpackb(msg, max_bytes=self.config.max_message_bytes)
-        if not isinstance(obs, dict):
-            raise WireError(f"an observation must be a map, got {type(obs).__name__}")
-        if "reset" in obs or b"reset" in obs:
-            await session.reset()
+        obs = await self._decode(session, msg)
+        if obs is None:
             return None
-        self.core.counters["requests"] += 1
         info.requests += 1
         policy = await session.prepare()
         problems = policy_problems(policy)

@@ -96,7 +96,8 @@ class OpenpiBridge(BridgeServer):
             await session.close()
             log.info("openpi client %s disconnected", peer)
 
-    async def _answer(self, session: LockstepSession, msg) -> dict | None:
+    async def _decode(self, session: LockstepSession, msg) -> dict | None:
+        """One websocket frame -> the observation map; None for a reset (no reply by protocol)."""
         if isinstance(msg, str):
             raise WireError("expected binary msgpack frames, got a text frame")
         obs = unpackb(msg, max_bytes=self.config.max_message_bytes)
@@ -106,7 +107,11 @@ class OpenpiBridge(BridgeServer):
             await session.reset()
             return None
         self.core.counters["requests"] += 1
-        return await session.answer(obs)
+        return obs
+
+    async def _answer(self, session: LockstepSession, msg) -> dict | None:
+        obs = await self._decode(session, msg)
+        return None if obs is None else await session.answer(obs)
 
     async def start(self) -> int:
         hard_cap = 4 * self.config.max_message_bytes

@@ -19,10 +19,6 @@ Batch, sequence and cache lengths are dynamic; everything else is fixed at expor
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable
@@ -34,6 +30,7 @@ from transformers.models.qwen2_vl.modeling_qwen2_vl import apply_rotary_pos_emb_
 
 from xvla.export.policies.dexvla.film import film_condition
 from xvla.export.policies.dexvla.model import DexVLAModel, KVCache
+from xvla.export.progress import quiet_exporters
 
 OPSET = 20
 
@@ -220,29 +217,13 @@ def _dims(spec: DexVLAGraph) -> tuple:
     return (*flat[: spec.varargs_from], flat[spec.varargs_from:])
 
 
-@contextlib.contextmanager
-def _quiet():
-    buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
-
-
 def export_onnx(spec: DexVLAGraph, out_dir: Path, opset: int = OPSET) -> Path:
     """``out_dir/<name>.onnx`` (+ external data) through ``torch.export`` with the graph's dynamic axes."""
     out_dir = Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
     path = out_dir / f"{spec.name}.onnx"
     args = spec.example(2, 12)
-    with torch.no_grad(), _quiet():
+    with torch.no_grad(), quiet_exporters():
         torch.onnx.export(spec.module.eval(), args, str(path), input_names=spec.input_names,
                           output_names=spec.output_names, opset_version=opset, dynamo=True, external_data=True,
                           dynamic_shapes=_dims(spec), optimize=False)

@@ -19,10 +19,8 @@ export is ~25% faster and initializers keep their parameter names, which lets
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import hashlib
-import io
 import json
 import logging
 import os
@@ -37,6 +35,7 @@ import numpy as np
 import torch
 
 from xvla.export.policies.xvla.graphs import BATCH, GraphSpec, TensorSpec
+from xvla.export.progress import quiet_exporters
 
 log = logging.getLogger(__name__)
 
@@ -64,26 +63,6 @@ class ExportedGraph:
         if self.steps is not None:
             entry["steps"] = self.steps
         return entry
-
-
-@contextlib.contextmanager
-def _quiet(verbose: bool):
-    """The dynamo exporter prints progress lines and warnings; keep them out of our progress display."""
-    if verbose:
-        yield
-        return
-    buf = io.StringIO()
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._dynamo", "onnxscript")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with warnings.catch_warnings(), contextlib.redirect_stdout(buf), contextlib.redirect_stderr(buf):
-            warnings.simplefilter("ignore")
-            yield
-    finally:
-        for lg, lvl in zip(loggers, levels):
-            lg.setLevel(lvl)
 
 
 def export_graph(spec: GraphSpec, out_dir: Path, *, opset: int = DEFAULT_OPSET, verbose: bool = False,
@@ -166,7 +145,7 @@ def _torch_export(spec: GraphSpec, path: Path, *, opset: int, verbose: bool, exa
         # optimize=False: ONNX Runtime and TensorRT fold and fuse at load anyway (measured: same
         # latency), the export is ~25% faster, and initializers keep their parameter names,
         # which is what lets TemplateCache swap weights into an existing graph.
-        with torch.no_grad(), _quiet(verbose):
+        with torch.no_grad(), quiet_exporters(verbose):
             torch.onnx.export(spec.module.eval(), args, str(path), input_names=spec.input_names,
                               output_names=spec.output_names, opset_version=opset, dynamo=True,
                               external_data=True, dynamic_shapes=dynamic_shapes, optimize=False)
