@@ -1,4 +1,4 @@
-"""NumPy pose helpers (export/model/pose.py): view reorder, intrinsics rescaling, SE(3) checks."""
+"""NumPy pose helpers (core/pose.py): view reorder, intrinsics rescaling, SE(3) checks."""
 
 from __future__ import annotations
 

@@ -268,7 +268,7 @@ class XVLAConfig:
 
     @property
     def geometry(self) -> Any:
-        """``GeometryConfig`` of an enabled ``geometry_conditioning``, else None (export/model/geometry.py)."""
+        """``GeometryConfig`` of an enabled ``geometry_conditioning``, else None (export/policies/xvla/model/geometry.py)."""
         if not self.geometry_conditioning.get("enabled", False):
             return None
         from xvla.export.policies.xvla.model.geometry import GeometryConfig

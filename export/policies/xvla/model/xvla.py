@@ -41,7 +41,7 @@ class XVLA(nn.Module):
         self.skill_heads: Optional[SkillHeads] = (
             SkillHeads(config.florence_config.projection_dim, config.num_skills) if config.skill_conditioning else None
         )
-        # Geometry (DA3) parts, built when config.geometry_conditioning is enabled (export/model/geometry.py).
+        # Geometry (DA3) parts, built when config.geometry_conditioning is enabled (export/policies/xvla/model/geometry.py).
         self.da3_inline: Optional[nn.Module] = None
         self.geometry_conditioner: Optional[nn.Module] = None
         self.geometry_config = config.geometry
@@ -78,7 +78,7 @@ class XVLA(nn.Module):
 
         ``da3_inline(image_input, extrinsics, intrinsics)`` gives per-view geometry features and
         ``geometry_conditioner`` resamples them to K tokens; both are set by the geometry code
-        (export/model/geometry.py), which may override this method for unposed variants.
+        (export/policies/xvla/model/geometry.py), which may override this method for unposed variants.
         """
         if self.da3_inline is None or self.geometry_conditioner is None:
             raise ValueError("extrinsics/intrinsics were given but this model has no geometry encoder "
