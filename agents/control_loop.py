@@ -176,6 +176,8 @@ class ControlLoop:
         with self._cond:
             st = self.stats
             st.replies += 1
+            if reply.HasField("timings"):  # set once per new chunk: the gate's skill and the route behind it
+                st.record_chunk(reply.skill, reply.route)
             if reply.source == pb.STARVED:
                 st.starved_replies += 1
             t_sub = self._submitted.pop(frame, None)

@@ -71,6 +71,18 @@ class ControlStats:
     tick_t: list[float] = field(default_factory=list)  # time.monotonic() when each executed tick acted
     events: list[tuple[float, str, str]] = field(default_factory=list)  # the stream's session events
     t0_monotonic: float = 0.0  # the loop's start (CLOCK_MONOTONIC: comparable across processes)
+    # the policy's skill gate and routing as the robot saw them: chunks per "skill @ route", and switches
+    skill_chunks: dict[str, int] = field(default_factory=dict)
+    skill_switches: int = 0
+    last_skill: str = ""
+
+    def record_chunk(self, skill: str, route: str) -> None:
+        """A reply that brought a new chunk: which skill the gate chose and which route planned it."""
+        key = f"{skill or '-'} @ {route or '-'}"
+        self.skill_chunks[key] = self.skill_chunks.get(key, 0) + 1
+        if self.last_skill and skill != self.last_skill:
+            self.skill_switches += 1
+        self.last_skill = skill
 
     def record_tick(self, kind: str, t: float | None = None) -> None:
         self.ticks += 1
@@ -115,6 +127,8 @@ class ControlStats:
             "last_error": self.last_error,
             "problem": self.problem,
             "backoffs": self.backoffs,
+            "skill_chunks": dict(self.skill_chunks),
+            "skill_switches": self.skill_switches,
             "scheduling": self.scheduling,
             "jitter_ms": _dist(self.jitter_ms),
             "rtt_ms": _dist(self.rtt_ms),
@@ -173,6 +187,11 @@ class ControlStats:
             "  " + d("agent_work_ms"),
             "  " + d("encode_ms"),
         ]
+        if self.skill_chunks:
+            top = sorted(self.skill_chunks.items(), key=lambda kv: -kv[1])[:4]
+            more = f" (+{len(self.skill_chunks) - 4} more)" if len(self.skill_chunks) > 4 else ""
+            lines.append("  skills        " + ", ".join(f"{k} x{n}" for k, n in top) + more
+                         + f"  switches {self.skill_switches}")
         if self.problem:
             lines.append(f"  MISMATCH      {self.problem}")
         if self.last_error and self.last_error != self.problem:

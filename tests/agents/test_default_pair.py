@@ -53,3 +53,6 @@ def test_xvla_serve_defaults_and_xvla_agent_run_fit_each_other(default_service):
     # Safe ticks only while the first chunk is planned (cold start), none afterwards.
     assert st["safe_ticks"] <= 15, st
     assert st["fresh_ticks"] + st["plan_ticks"] >= st["ticks"] - 15, st
+    # the default's skill gate is visible from the robot: every chunk names a skill of the policy and its route
+    skills = {s.name for s in desc.skills}
+    assert st["skill_chunks"] and all(k.split(" @ ")[0] in skills for k in st["skill_chunks"]), st["skill_chunks"]

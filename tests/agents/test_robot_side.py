@@ -163,3 +163,7 @@ def test_stats_account_for_every_tick():
     assert "4 ticks" in st.format() and "(5 slots" in st.format()
     with pytest.raises(ValueError):
         st.record_tick("X")
+    for skill in ("navigate to", "navigate to", "pick up from", "navigate to"):
+        st.record_chunk(skill, "default")
+    assert st.summary()["skill_chunks"] == {"navigate to @ default": 3, "pick up from @ default": 1}
+    assert st.skill_switches == 2 and "switches 2" in st.format()
