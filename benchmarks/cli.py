@@ -4,7 +4,9 @@
     xvla-bench --profile cpu                            # tiny + xvla-small on this CPU -> benchmarks/results/cpu-2core/
     xvla-bench --profile h200 --serve-providers cuda    # full presets on a GPU
 
-Sections (``--only`` / ``--skip``): flops, components, e2e, closed-loop, peers. Results go to
+Sections (``--only`` / ``--skip``): flops, components, e2e, closed-loop, peers, dexvla (DexVLA per stage in
+PyTorch: vision, prefill, decode per token, FiLM + diffusion; ``tiny-dexvla`` on CPU profiles, the real
+``dexvla-2b-scaledp-h`` in bf16 on GPU ones). Results go to
 ``--out`` (default ``benchmarks/results/<machine>/``): ``results.json``, ``report.md``,
 ``plots/*.png``. Bundles are exported once per preset (seeded random weights) into
 ``--artifacts`` (default ``artifacts/bench``) and reused.
@@ -23,7 +25,7 @@ import time
 from pathlib import Path
 from typing import Any, Optional
 
-SECTIONS = ("flops", "components", "e2e", "closed-loop", "peers")
+SECTIONS = ("flops", "components", "e2e", "closed-loop", "peers", "dexvla")
 # FLOPs are counted on the meta device, so every report carries every preset's count.
 ALL_FLOPS_PRESETS = ("tiny", "xvla-small", "xvla-0.9b", "tiny-geo", "da3-xvla")
 REPO = Path(__file__).resolve().parents[1]
@@ -123,7 +125,7 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
         "command": "xvla-bench " + " ".join(shlex.quote(a) for a in (args.argv or [])),
         "profile": prof.to_dict(), "machine": info.to_dict(), "sections": sorted(sections),
         "serve_providers": serve_providers, "flops": {}, "components": [], "e2e": {}, "closed_loop": {},
-        "peers": {}, "notes": list(args.note), "section_seconds": {},
+        "peers": {}, "dexvla": [], "notes": list(args.note), "section_seconds": {},
     }
     if prof.device == "cuda" and not gpus:
         dropped = sorted(sections - {"flops"})
@@ -198,10 +200,33 @@ def run(args: argparse.Namespace) -> dict[str, Any]:
     if sections & {"e2e", "closed-loop", "peers"}:
         run_served(results, prof, bundles, sections, serve_providers, args.threads, logs, timed)
 
+    if "dexvla" in sections:
+        results["dexvla"] = timed("dexvla", lambda: run_dexvla(prof, quick=bool(args.quick)))
+
     results["elapsed_s"] = round(time.monotonic() - t_start, 1)
     write_outputs(results, out)
     _progress(f"done in {results['elapsed_s']:.0f} s: {out / 'report.md'}")
     return results
+
+
+def run_dexvla(prof, quick: bool) -> list[dict[str, Any]]:
+    """DexVLA chunk latency per stage (issue 14) on this profile's device, batch 1 (and 8 on a GPU)."""
+    import torch
+
+    from xvla.benchmarks.dexvla_stages import measure
+
+    cuda = prof.device == "cuda" and torch.cuda.is_available()
+    name = "dexvla-2b-scaledp-h" if cuda else "tiny-dexvla"
+    dtype = torch.bfloat16 if cuda else torch.float32
+    rows = []
+    for batch in (1,) if quick or not cuda else (1, 8):
+        _progress(f"dexvla {name} batch {batch}")
+        try:
+            rows.append(measure(name, batch, 3, 224, 40, 4 if quick else 16, 3 if quick else 20,
+                                device="cuda" if cuda else "cpu", dtype=dtype))
+        except Exception as exc:  # noqa: BLE001 - a failed section is reported, not fatal
+            rows.append({"preset": name, "batch": batch, "error": f"{type(exc).__name__}: {str(exc)[:300]}"})
+    return rows
 
 
 def _bundle_arg(text: str) -> tuple[str, Path]:

@@ -203,6 +203,20 @@ def peers_section(r: dict[str, Any]) -> list[str]:
     return lines
 
 
+def dexvla_section(r: dict[str, Any]) -> list[str]:
+    rows = r.get("dexvla") or []
+    if not rows:
+        return []
+    body = [[str(x.get("preset")), str(x.get("batch")), _f(x.get("vision_ms")), _f(x.get("prefill_ms")),
+             _f(x.get("decode_per_token_ms")), _f(x.get("diffusion_ms")), _f(x.get("chunk_ms_estimate")),
+             str(x.get("new_tokens", "-")), x.get("error", "")] for x in rows]
+    return ["## DexVLA per stage (PyTorch, seeded random weights, 3 cameras 224x224)", "",
+            "Medians in ms; chunk = vision + prefill + (new tokens - 1) decode steps + FiLM/diffusion. The served "
+            "bundle (ONNX Runtime) against the same model: `python -m xvla.benchmarks.dexvla_serving`.", "",
+            *_table(["preset", "batch", "vision", "prefill", "decode / token", "FiLM + diffusion", "chunk",
+                     "new tokens", "note"], body), ""]
+
+
 def skipped_section(r: dict[str, Any]) -> list[str]:
     skipped = [c for c in r.get("components", []) if c.get("skipped")]
     notes = r.get("notes", [])
@@ -259,7 +273,7 @@ def render(r: dict[str, Any]) -> str:
              "Numbers to beat (batch 1, published): " +
              "; ".join(f"{w} on {g}: {n}" for w, g, n in TO_BEAT) + ".", ""]
     for section in (summary_section, machine_section, flops_section, components_section, e2e_section, closed_loop_section,
-                    peers_section, skipped_section):
+                    dexvla_section, peers_section, skipped_section):
         lines += section(r)
     lines += ["## Plots", ""] + [f"![{name}](plots/{name})" for name in r.get("plots", [])] + [""]
     return "\n".join(lines)

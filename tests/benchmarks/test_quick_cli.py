@@ -38,7 +38,7 @@ def test_writes_json_report_and_png_plots(quick) -> None:
         with Image.open(out / "plots" / name) as im:
             assert im.format == "PNG" and im.size[0] >= 400 and im.size[1] >= 300
     assert r["profile"]["name"] == "cpu-quick" and r["sections"] == sorted(["flops", "components", "e2e",
-                                                                             "closed-loop", "peers"])
+                                                                             "closed-loop", "peers", "dexvla"])
     assert r["machine"]["cores"] >= 1 and r["machine"]["cpu_measured"]["gflops"] > 0
 
 
@@ -116,3 +116,14 @@ def test_report_has_every_section_and_the_peer_disclaimer(quick) -> None:
 def test_unknown_preset_is_a_clear_error(tmp_path, capsys) -> None:
     assert main(["--preset", "tiny,nope", "--only", "flops", "--out", str(tmp_path)]) == 2
     assert "unknown benchmark preset 'nope'" in capsys.readouterr().err
+
+
+def test_dexvla_section_times_every_stage(quick) -> None:
+    """Issue 14: xvla-bench covers DexVLA (tiny preset on the CPU): every stage timed, in the report."""
+    out, r = quick
+    (row,) = r["dexvla"]
+    assert row["preset"] == "tiny-dexvla" and row["batch"] == 1 and "error" not in row, row
+    for stage in ("vision_ms", "prefill_ms", "decode_per_token_ms", "diffusion_ms", "chunk_ms_estimate"):
+        assert row[stage] > 0, (stage, row)
+    assert "## DexVLA per stage" in (out / "report.md").read_text()
+
