@@ -78,6 +78,8 @@ def cmd_run(a: argparse.Namespace) -> int:
 
     header = default_header(a.rate, instruction=a.instruction, task_id=a.task_id)
     header.execution.CopyFrom(_execution(a))
+    if a.max_new_tokens:
+        header.max_new_tokens = a.max_new_tokens  # policies that generate text (DexVLA's reasoning)
     loop_cfg = LoopConfig(rate_hz=a.rate, reply_deadline_s=a.reply_deadline, hold_timeout_s=a.hold_timeout,
                           frames=a.frames)
     with PolicyClient(client_config(a)) as client:
@@ -173,6 +175,8 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--json", action="store_true", help="print the statistics as JSON")
     run.add_argument("--instruction", default="", help="task instruction")
     run.add_argument("--task-id", type=int, default=-1, help="task index of v20 checkpoints (-1: none)")
+    run.add_argument("--max-new-tokens", type=int, default=0,
+                     help="bound on the text a policy generates per chunk (DexVLA's reasoning; 0: the bundle's default)")
     run.add_argument("--mode", choices=sorted(MODES), default="default", help="chunk execution mode")
     run.add_argument("--steps", type=int, default=0, help="denoising steps (0: the bundle default)")
     run.add_argument("--hold-timeout", type=float, default=0.5, help="execute the held plan this long, then the safe action")

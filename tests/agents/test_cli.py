@@ -21,9 +21,10 @@ AGENT = [sys.executable, "-m", "xvla.agents.cli"]
 
 def test_run_prints_json_statistics():
     with FakeServer() as srv:
-        r = subprocess.run(AGENT + ["run", "--target", srv.target, "--seconds", "1.5", "--json", "--frames", "bicubic"],
-                           capture_output=True, text=True, timeout=60)
+        r = subprocess.run(AGENT + ["run", "--target", srv.target, "--seconds", "1.5", "--json", "--frames", "bicubic",
+                                    "--max-new-tokens", "7"], capture_output=True, text=True, timeout=60)
     assert r.returncode == 0, r.stderr
+    assert srv.record.headers[0].HasField("max_new_tokens") and srv.record.headers[0].max_new_tokens == 7
     s = json.loads(r.stdout)
     assert s["ticks"] + s["skipped_ticks"] == 45 and s["accounted"]
     assert s["fresh_ticks"] + s["plan_ticks"] + s["safe_ticks"] == s["ticks"]
