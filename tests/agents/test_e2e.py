@@ -9,19 +9,16 @@ clients on two event loops of one process race each other).
 from __future__ import annotations
 
 import json
-import os
-import signal
 import subprocess
-import sys
-import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.agents.helpers import LoopThread, free_port
+from tests.agents.helpers import LoopThread
 from tests.conftest import REALTIME
-from xvla.agents.client import ClientConfig, PolicyClient, ServiceUnavailable
+from tests.support.serve import xvla_serve
+from xvla.agents.client import ClientConfig, PolicyClient
 from xvla.agents.control_loop import ControlLoop, LoopConfig, default_header
 from xvla.agents.sim_r1pro import SimR1Pro
 
@@ -46,34 +43,9 @@ def r1pro_bundle(tmp_path_factory) -> Path:
 @pytest.fixture(scope="module")
 def service(r1pro_bundle):
     """``xvla-serve`` on the tiny R1Pro bundle, in its own process; yields its target."""
-    port = free_port()
-    log = open(r1pro_bundle.parent / "serve.log", "w")
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "xvla.runtime.cli", "--bundle", str(r1pro_bundle), "--host", "127.0.0.1",
-         "--port", str(port), "--threads", "1", "--log-level", "warning", "--log-format", "text"],
-        cwd=REPO, stdout=log, stderr=subprocess.STDOUT, env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    target = f"127.0.0.1:{port}"
-    try:
-        with PolicyClient(ClientConfig([target], connect_timeout_s=1.0)) as client:
-            deadline = time.monotonic() + 180
-            while True:
-                assert proc.poll() is None, (r1pro_bundle.parent / "serve.log").read_text()[-3000:]
-                try:
-                    desc = client.describe(timeout=5)
-                    break
-                except ServiceUnavailable:
-                    assert time.monotonic() < deadline, "xvla-serve did not come up in 180 s"
-                    time.sleep(0.5)
+    with xvla_serve(["--bundle", str(r1pro_bundle)], r1pro_bundle.parent / "serve.log") as (target, desc):
         assert desc.action_space.dim == 23, "the agent's simulated robot is an R1Pro: needs a 23-d policy"
         yield target, desc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
 
 
 @REALTIME

@@ -301,42 +301,11 @@ class AlohaSim:
 @pytest.fixture(scope="module")
 def served_process(dexvla_bundle):
     """``xvla-serve`` on the DexVLA bundle in its own process (as deployed; one event loop per process)."""
-    import signal
-    import subprocess
-    import sys
-    import time as _time
+    from tests.support.serve import xvla_serve
 
-    from tests.agents.helpers import free_port
-    from xvla.agents.client import ClientConfig, PolicyClient, ServiceUnavailable
-
-    port = free_port()
-    log_path = Path(dexvla_bundle).parent / "serve-dexvla.log"
-    log = open(log_path, "w")
-    proc = subprocess.Popen([sys.executable, "-m", "xvla.runtime.cli", "--bundle", str(dexvla_bundle), "--host",
-                             "127.0.0.1", "--port", str(port), "--threads", "1", "--log-level", "warning",
-                             "--log-format", "text"], stdout=log, stderr=subprocess.STDOUT,
-                            env=dict(os.environ, HF_HUB_OFFLINE="1"))
-    target = f"127.0.0.1:{port}"
-    try:
-        with PolicyClient(ClientConfig([target], connect_timeout_s=1.0)) as client:
-            deadline = _time.monotonic() + 120
-            while True:
-                assert proc.poll() is None, log_path.read_text()[-3000:]
-                try:
-                    desc = client.describe(timeout=5)
-                    break
-                except ServiceUnavailable:
-                    assert _time.monotonic() < deadline, "xvla-serve did not come up in 120 s"
-                    _time.sleep(0.5)
-        yield target, desc
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        log.close()
+    with xvla_serve(["--bundle", str(dexvla_bundle)], Path(dexvla_bundle).parent / "serve-dexvla.log",
+                    timeout_s=120) as served:
+        yield served
 
 
 @REALTIME
