@@ -163,3 +163,10 @@ def test_every_package_folder_is_listed_in_pyproject():
     listed = set(tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
     found = {m for m, p in MODULES.items() if p.name == "__init__.py"}
     assert found == listed, f"missing: {sorted(found - listed)}, stale: {sorted(listed - found)}"
+
+
+def test_imports_go_through_the_xvla_namespace():
+    """``from export.x import ...`` works only from a source checkout (the folder is on sys.path), never installed."""
+    bare = {"core", "runtime", "agents", "export", "proto", "benchmarks"}
+    bad = [f"{m} -> {i}" for m, p in MODULES.items() for i in _imports(p, m) if i.split(".")[0] in bare]
+    assert not bad, "\n".join(bad)

@@ -34,11 +34,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from export.policies.dexvla.config import DexVLAConfig
-from export.policies.dexvla.graphs import OPSET, DexVLAGraph, export_onnx, graphs
-from export.policies.dexvla.model import DexVLAModel
 from xvla.core.manifest import FORMAT_VERSION, MANIFEST_NAME, load_schema, write_manifest
 from xvla.export.errors import BundleExportError, ParityError
+from xvla.export.policies.dexvla.config import DexVLAConfig
+from xvla.export.policies.dexvla.graphs import OPSET, DexVLAGraph, export_onnx, graphs
+from xvla.export.policies.dexvla.model import DexVLAModel
 
 POLICY_KIND = "dexvla"
 EXPORTER_NAME = "xvla-export"
@@ -160,10 +160,10 @@ class Source:
 def load_source(checkpoint: Optional[Path], preset: Optional[str], seed: int = 0) -> Source:
     torch.set_num_threads(max(1, min(4, os.cpu_count() or 1)))
     if preset is not None:
-        from export.policies.dexvla.presets import build_seeded
+        from xvla.export.policies.dexvla.presets import build_seeded
 
         return Source(build_seeded(preset, seed), preset, {"kind": "preset", "preset": preset, "seed": seed})
-    from export.policies.dexvla.checkpoint import load_dexvla
+    from xvla.export.policies.dexvla.checkpoint import load_dexvla
 
     folder = Path(checkpoint).expanduser().resolve()
     model, _ = load_dexvla(folder)
@@ -307,8 +307,8 @@ def chunk_parity(model: DexVLAModel, specs: Mapping[str, DexVLAGraph], paths: Ma
     """The whole chunk in ONNX Runtime (as the runtime runs it) vs ``DexVLAModel.predict``."""
     import onnxruntime as ort
 
-    from export.policies.dexvla.film import film_masks
-    from export.policies.dexvla.sampler import DDIMSampler
+    from xvla.export.policies.dexvla.film import film_masks
+    from xvla.export.policies.dexvla.sampler import DDIMSampler
 
     cfg = model.cfg
     opts = ort.SessionOptions()
@@ -425,7 +425,7 @@ class DexVLAExportOptions:
 
 def policy_block(cfg: DexVLAConfig, opts: DexVLAExportOptions, grid_hw: tuple[int, int], steps: int,
                  stats: dict[str, Any], tokenizer: dict[str, Any], token_ids: Mapping[str, int]) -> dict[str, Any]:
-    from export.policies.dexvla.sampler import squaredcos_cap_v2_alphas_cumprod
+    from xvla.export.policies.dexvla.sampler import squaredcos_cap_v2_alphas_cumprod
 
     gh, gw = grid_hw
     text = cfg.text
