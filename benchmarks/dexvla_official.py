@@ -15,6 +15,9 @@ preprocessing, ONNX Runtime engines through the batchers) and our PyTorch model 
 stage as in ``dexvla_serving.pytorch``, plus our preprocessing ``policy.prepare``). Every side runs a
 warm-up first in each round. Reports medians and p99 over all rounds' samples and ours/official ratios.
 Not a unit test.
+
+The official side's numbers were produced with ``HF_HUB_OFFLINE=1``; the whole command needs
+``PYTHONPATH=<repo root>`` while ``export/policies/dexvla/bundle.py`` imports ``export.policies...``.
 """
 
 from __future__ import annotations
