@@ -5,6 +5,7 @@ Property tests (hypothesis) for the torch-free checks the service runs on every 
 from __future__ import annotations
 
 import asyncio
+import re
 
 import grpc
 import numpy as np
@@ -47,7 +48,11 @@ async def test_grpc_fuzz_mix(tmp_path):
     assert report.codes["INVALID_ARGUMENT"] > 1000 and report.codes["OK"] > 0
     assert health.status == health_pb2.HealthCheckResponse.SERVING
     assert code == grpc.StatusCode.OK and len(latencies) == 60
-    assert f'xvla_errors_total{{code="INVALID_ARGUMENT"}} {float(report.codes["INVALID_ARGUMENT"])}' in errors
+    # every INVALID_ARGUMENT the clients saw was counted by the server; a stream whose client write raced the
+    # server's final status (grpc/grpc#36066: the client reports INTERNAL) was counted by the server too
+    counted = float(re.search(r'xvla_errors_total\{code="INVALID_ARGUMENT"\} ([0-9.]+)', errors).group(1))
+    seen = report.codes["INVALID_ARGUMENT"]
+    assert seen <= counted <= seen + report.codes.get("CLIENT_WRITE_RACE", 0), (counted, s["codes"])
     assert server.service.sessions == 0  # every fuzzed stream gave its slot back
 
 
