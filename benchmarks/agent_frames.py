@@ -47,15 +47,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modes", default="original,bicubic,numpy")
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
-    server = None
-    target = a.target
-    if target is None:
-        from xvla.runtime.artifacts import ensure_bundle
-        from xvla.runtime.serve_process import start_xvla_serve, wait_serving
+    from xvla.benchmarks.servers import serve_default_unless
 
-        server = start_xvla_serve(ensure_bundle(), metrics=False, threads=1)
-        wait_serving(server, 180)
-        target = server.target
+    target, server = serve_default_unless(a.target)
     try:
         with PolicyClient(ClientConfig([target])) as c:
             tasks = list(c.describe().tasks)

@@ -86,17 +86,10 @@ def main(argv: list[str] | None = None) -> int:
     a = p.parse_args(argv)
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     sys.path.insert(0, str(REPO))
+    from xvla.benchmarks.servers import serve_default_unless
     from xvla.runtime.serve_process import free_port
 
-    server = None
-    target = a.target
-    if target is None:
-        from xvla.runtime.artifacts import ensure_bundle
-        from xvla.runtime.serve_process import start_xvla_serve, wait_serving
-
-        server = start_xvla_serve(ensure_bundle(), metrics=False, threads=1)
-        wait_serving(server, 180)
-        target = server.target
+    target, server = serve_default_unless(a.target)
     port = free_port()
     bridge = subprocess.Popen([sys.executable, "-m", "xvla.agents.cli", "bridge", "behavior", "--target", target,
                                "--host", "127.0.0.1", "--port", str(port), "--num-envs", str(a.num_envs)])

@@ -14,8 +14,20 @@ from xvla.runtime.serve_process import ServerProcess, free_port, wait_serving
 from xvla.runtime.serve_process import child_env as _env
 from xvla.runtime.serve_process import start_xvla_serve as _start_xvla_serve
 
-__all__ = ["ServerProcess", "free_port", "metric_value", "process_of", "start_peer", "start_xvla_serve",
-           "wait_peer", "wait_serving"]
+__all__ = ["ServerProcess", "free_port", "metric_value", "process_of", "serve_default_unless", "start_peer",
+           "start_xvla_serve", "wait_peer", "wait_serving"]
+
+
+def serve_default_unless(target: str | None, timeout: float = 180.0) -> tuple[str, ServerProcess | None]:
+    """``target`` itself, or an ``xvla-serve`` on the embedded default bundle started for the benchmark
+    (the caller stops the returned process)."""
+    if target is not None:
+        return target, None
+    from xvla.runtime.artifacts import ensure_bundle
+
+    server = _start_xvla_serve(ensure_bundle(), metrics=False, threads=1)
+    wait_serving(server, timeout)
+    return server.target, server
 
 
 def process_of(server: ServerProcess) -> psutil.Process:
