@@ -25,6 +25,8 @@ from xvla.agents.client import ClientConfig, PolicyClient, TlsConfig
 from xvla.core.embodiments.r1pro import R1PRO_DOMAIN_ID
 from xvla.proto import policy_pb2 as pb
 
+DEFAULT_TARGET = "127.0.0.1:50051"  # xvla-serve's default bind
+
 MODES = {
     "default": pb.EXECUTION_MODE_UNSPECIFIED,
     "ensemble": pb.TEMPORAL_ENSEMBLE,
@@ -35,8 +37,9 @@ MODES = {
 
 def _add_client_args(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("policy service")
-    g.add_argument("--target", action="append", required=True, metavar="HOST:PORT",
-                   help="policy service address; repeat for failover targets (tried in order)")
+    g.add_argument("--target", action="append", default=None, metavar="HOST:PORT",
+                   help=f"policy service address; repeat for failover targets (tried in order; default "
+                        f"{DEFAULT_TARGET}, where xvla-serve listens with no flags)")
     g.add_argument("--token", default=os.environ.get("XVLA_TOKEN"), help="bearer token (default: $XVLA_TOKEN)")
     g.add_argument("--tls-ca", help="PEM root certificates: enables TLS")
     g.add_argument("--tls-cert", help="PEM client certificate (mutual TLS)")
@@ -56,7 +59,7 @@ def client_config(a: argparse.Namespace) -> ClientConfig:
     if a.tls_ca or a.tls_cert or a.tls_server_name:
         tls = TlsConfig(a.tls_ca, a.tls_cert, a.tls_key, a.tls_server_name)
     return ClientConfig(
-        targets=a.target,
+        targets=a.target or [DEFAULT_TARGET],
         token=a.token,
         tls=tls,
         connect_timeout_s=a.connect_timeout,

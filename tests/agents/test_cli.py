@@ -73,3 +73,13 @@ def test_http_bridge_process_serves_until_sigterm():
             p.send_signal(signal.SIGTERM)
             rc = p.wait(timeout=30)
     assert rc == 0
+
+
+def test_run_defaults_to_the_address_xvla_serve_listens_on_with_no_flags():
+    from xvla.agents.cli import DEFAULT_TARGET, build_parser, client_config
+    from xvla.runtime.cli import build_parser as serve_parser
+
+    serve = serve_parser().parse_args([])
+    assert DEFAULT_TARGET == f"{serve.host}:{serve.port}"
+    assert client_config(build_parser().parse_args(["run"])).targets == [DEFAULT_TARGET]
+
