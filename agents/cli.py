@@ -50,6 +50,8 @@ def _add_client_args(p: argparse.ArgumentParser) -> None:
     g.add_argument("--reply-timeout", type=float, default=2.0,
                    help="an observation unanswered this long means the stream is dead (default 2 s)")
     g.add_argument("--keepalive", type=float, default=10.0, help="HTTP/2 keepalive ping interval (default 10 s)")
+    g.add_argument("--max-in-flight", type=int, default=2,
+                   help="observations sent and not yet answered, at most; a slower server gets the newest (default 2)")
     g.add_argument("--max-message-mb", type=float, default=32.0, help="gRPC message size limit (default 32 MB)")
     g.add_argument("--backoff-max", type=float, default=2.0, help="longest reconnect delay (default 2 s)")
 
@@ -66,6 +68,7 @@ def client_config(a: argparse.Namespace) -> ClientConfig:
         rpc_timeout_s=a.rpc_timeout,
         reply_timeout_s=a.reply_timeout,
         keepalive_time_s=a.keepalive,
+        max_in_flight=a.max_in_flight,
         max_message_bytes=int(a.max_message_mb * 1024 * 1024),
         backoff=BackoffConfig(max_s=max(a.backoff_max, 0.05)),
     )

@@ -97,6 +97,10 @@ class ClientConfig:
     reply_timeout_s: float = 2.0  # an observation unanswered this long means the stream is dead
     keepalive_time_s: float = 10.0  # HTTP/2 ping interval on idle connections
     keepalive_timeout_s: float = 5.0  # a ping unanswered this long drops the connection
+    # Observations sent and not yet answered, at most: a server slower than the robot then sees
+    # the newest observation next (older ones are dropped here, counted), instead of a backlog
+    # that grows in HTTP/2 buffers and answers every tick later than the one before.
+    max_in_flight: int = 2
     max_message_bytes: int = 32 * 1024 * 1024
     backoff: BackoffConfig = field(default_factory=BackoffConfig)
 
@@ -109,6 +113,8 @@ class ClientConfig:
         for name in ("connect_timeout_s", "rpc_timeout_s", "reply_timeout_s", "keepalive_time_s", "keepalive_timeout_s"):
             if getattr(self, name) <= 0:
                 raise ValueError(f"client: {name} must be > 0, got {getattr(self, name)}")
+        if self.max_in_flight < 1:
+            raise ValueError(f"client: max_in_flight must be >= 1, got {self.max_in_flight}")
         if self.max_message_bytes < 1024:
             raise ValueError(f"client: max_message_bytes is too small ({self.max_message_bytes})")
 
@@ -447,13 +453,19 @@ class RobotStream:
     async def _pump(self, session: StreamSession) -> str:
         self._queue = asyncio.Queue(maxsize=self._queue_size)
         outstanding: deque[tuple[int, float]] = deque()
+        slot_free = asyncio.Event()
+        slot_free.set()
         self.connected = True
         self._on_state(True, session.accepted, "")
         reply_timeout = self._client.config.reply_timeout_s
+        max_in_flight = self._client.config.max_in_flight
 
         async def writer() -> None:
             assert self._queue is not None
             while True:
+                while len(outstanding) >= max_in_flight:  # the queue keeps the newest meanwhile
+                    slot_free.clear()
+                    await slot_free.wait()
                 obs = await self._queue.get()
                 outstanding.append((obs.frame_index, time.monotonic()))
                 await session.send(obs)
@@ -466,6 +478,7 @@ class RobotStream:
                 now = time.monotonic()
                 while outstanding and outstanding[0][0] <= reply.frame_index:
                     outstanding.popleft()
+                slot_free.set()
                 self.counters.replies += 1
                 self._on_reply(reply, now)
 

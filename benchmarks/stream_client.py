@@ -36,6 +36,7 @@ class StreamResult:
     ticks: list[Tick] = field(default_factory=list)
     code: grpc.StatusCode = grpc.StatusCode.OK
     details: str = ""
+    skipped: int = 0  # ticks not sent because ``max_in_flight`` observations were unanswered
 
     @property
     def starved(self) -> int:
@@ -73,8 +74,13 @@ async def run_stream(
     start_frame: int = 0,
     on_tick: Callable[[Tick], None] | None = None,
     channel: grpc.aio.Channel | None = None,
+    max_in_flight: int | None = None,
 ) -> StreamResult:
-    """Streams ``n`` observations (frames start_frame..) at ``rate_hz`` (None: as fast as replies come back)."""
+    """Streams ``n`` observations (frames start_frame..) at ``rate_hz`` (None: as fast as replies come back).
+
+    ``max_in_flight``: a tick whose observation would be the (max_in_flight+1)-th unanswered one is
+    skipped (counted in ``skipped``), as the agent does (``ClientConfig.max_in_flight``); None sends
+    every tick, so a slow server shows up as growing latency."""
     own = channel is None
     ch = channel or grpc.aio.insecure_channel(target)
     stub = pb_grpc.PolicyServiceStub(ch)
@@ -96,6 +102,9 @@ async def run_stream(
                 await next_ok.wait()
                 next_ok.clear()
             frame = start_frame + i
+            if max_in_flight is not None and len(sent) - len(result.ticks) >= max_in_flight:
+                result.skipped += 1
+                continue
             obs = make_observation(frame)
             sent[frame] = time.perf_counter()
             yield pb.StreamRequest(observation=obs)
@@ -113,7 +122,7 @@ async def run_stream(
             if on_tick is not None:
                 on_tick(tick)
             next_ok.set()
-            if len(result.ticks) >= n:
+            if len(result.ticks) + result.skipped >= n:
                 break
         # All replies are in and the request stream has ended (half-close): wait for the server's
         # final status instead of cancelling the call, so the session is over on the server too

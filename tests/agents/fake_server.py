@@ -73,6 +73,8 @@ class FakeRecord:
     observations: list = field(default_factory=list)  # (session_id, frame, {camera: (h, w, enc, nbytes)}, proprio_dim, has_pose)
     infer_requests: list = field(default_factory=list)
     sessions_closed: int = 0
+    replies_sent: int = 0
+    max_unanswered: int = 0  # the most observations received and not yet answered, at any receive
 
 
 class FakePolicyService(pb_grpc.PolicyServiceServicer):
@@ -138,6 +140,7 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
         """Replies are delayed by ``delay_s`` each (latency, not throughput: like a pipelined server)."""
         self._auth(context)
         out: queue.Queue = queue.Queue()
+        received, answered = [0], [0]  # this stream's observations in, action replies out
 
         def reader() -> None:
             session_id, last_frame, chunk_start, n = "", -1, None, 0
@@ -162,6 +165,8 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
                     if problem:
                         return out.put(("abort", problem))
                     self.record.observations.append((session_id, frame, info["cameras"], info["proprio_dim"]))
+                    received[0] += 1
+                    self.record.max_unanswered = max(self.record.max_unanswered, received[0] - answered[0])
                     source = pb.HOLD if self.behaviour.hold else pb.QUEUE
                     reply = pb.ActionReply(frame_index=frame, action=_tensor(fake_action(frame)), source=source,
                                            skill="fake", route="fake")
@@ -195,6 +200,9 @@ class FakePolicyService(pb_grpc.PolicyServiceServicer):
                 wait = due - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
+                if resp.HasField("action"):
+                    answered[0] += 1
+                    self.record.replies_sent += 1
                 yield resp
         finally:
             self.record.sessions_closed += 1
