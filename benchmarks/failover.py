@@ -54,12 +54,16 @@ def analyse(agent: dict, faults: list[dict]) -> list[dict]:
     times = np.asarray(agent["tick_t_s"]) + t0
     kinds = agent["timeline"]
     opens = [(e["t_s"] + t0, e["detail"]) for e in agent["events"] if e["event"] == "session_open"]
+    ends = [(e["t_s"] + t0, e["detail"]) for e in agent["events"] if e["event"] == "session_end"]
     out = []
     for f in faults:
         tf = f["t"]
         # the first session opened on another replica after the fault, then its first FRESH tick
         nxt = next(((t, tgt) for t, tgt in opens if t > tf and tgt != f["target"]), None)
         row = {"kind": f["kind"], "victim": f["target"], "new_target": nxt[1] if nxt else None}
+        end = next(((t, why) for t, why in ends if t > tf), None)
+        if end is not None:  # the agent gave up on the victim: its reply deadline, or the connection's end
+            row["detected_after_s"], row["detected_by"] = round(end[0] - tf, 3), end[1][:120]
         if nxt is not None:
             idx = [i for i in range(len(kinds)) if times[i] > nxt[0] and kinds[i] == "F"]
             if idx:

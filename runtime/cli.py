@@ -133,9 +133,11 @@ async def serve(args: argparse.Namespace) -> int:
 
 def main(argv: list[str] | None = None) -> int:
     from xvla.runtime.logs import configure_logging
+    from xvla.runtime.native_memory import bound_native_heap
 
     args = build_parser().parse_args(argv)
     configure_logging(args.log_level, json_lines=args.log_format == "json")
+    log.info(bound_native_heap())  # before any engine or worker thread allocates
     try:
         return asyncio.run(serve(args))
     except Exception as exc:  # startup errors (bundle, providers, routes): one clear line, non-zero exit

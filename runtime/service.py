@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import logging
 import math
+import threading
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
@@ -81,7 +82,8 @@ class PolicyService:
         self.engine_wrapper = engine_wrapper
         self.policies: dict[str, PolicyRuntime] = {}
         self.planners = Planners()
-        self.pool = ThreadPoolExecutor(max_workers=self.config.max_sessions + 4, thread_name_prefix="xvla-plan")
+        self.pool_size = self.config.max_sessions + 4  # a plan in flight per session, and a few Infer calls
+        self.pool = ThreadPoolExecutor(max_workers=self.pool_size, thread_name_prefix="xvla-plan")
         self.ready = False
         self.sessions = 0
         self.load_ms = 0.0
@@ -118,9 +120,18 @@ class PolicyService:
             for name, pol in self.policies.items():
                 pol.warmup(batch_sizes=self.warmup_batches(name, pol))
             self.warmup_ms = (time.perf_counter() - t1) * 1000.0
+        self._start_pool_threads()
         self.ready = True
         log.info("service ready", extra={"routes": sorted(self.policies), "load_ms": round(self.load_ms, 1),
                                          "warmup_ms": round(self.warmup_ms, 1)})
+
+    def _start_pool_threads(self) -> None:
+        """Every plan worker exists before the first session: no thread is started on a tick's path,
+        and the thread count stays where it is however many sessions come and go."""
+        n = self.pool_size
+        gate = threading.Barrier(n)
+        for f in [self.pool.submit(gate.wait, 30) for _ in range(n)]:
+            f.result()
 
     def warmup_batches(self, name: str, pol: PolicyRuntime) -> list[int]:
         """The batch sizes warm-up runs for route ``name`` (see ServiceConfig.warmup_batches)."""

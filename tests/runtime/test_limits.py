@@ -6,6 +6,8 @@ from __future__ import annotations
 
 import asyncio
 import io
+import platform
+import threading
 import time
 
 import grpc
@@ -15,7 +17,7 @@ from PIL import Image
 
 from tests.runtime.fakes import FAKE_CAMERAS, FAKE_D, fake_factory, fake_policy
 from xvla.benchmarks.serving import serve_in_background
-from xvla.benchmarks.stream_client import synthetic_observation
+from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.core import limits
 from xvla.core.errors import InputError
 from xvla.proto import policy_pb2 as pb
@@ -265,3 +267,32 @@ def test_shape_and_text_caps():
     with pytest.raises(InputError, match="too long"):
         limits.check_instruction("é" * 3000, "instruction")  # 6000 UTF-8 bytes
     assert limits.bounded("x" * 10_000, 100).endswith("[10000 chars]") and len(limits.bounded("x" * 10_000, 100)) <= 100
+
+
+def _plan_threads() -> set[threading.Thread]:  # the objects: a new thread may reuse an old one's ident
+    return {t for t in threading.enumerate() if t.name.startswith("xvla-plan")}
+
+
+async def test_plan_workers_exist_before_the_first_session_and_their_count_stays(tmp_path):
+    """The soak's thread count crept (31 -> 33 in 10 minutes): the plan pool started a thread the
+    first time more plans than ever were in flight. Now every worker exists once the service is
+    ready, and sessions coming and going (here 3 at once, twice) start none."""
+    before = _plan_threads()  # other tests' servers may still be winding theirs down
+    async with _server(tmp_path, max_sessions=3) as (server, port):
+        ours = _plan_threads() - before
+        assert len(ours) == server.service.pool_size == 3 + 4
+        async with grpc.aio.insecure_channel(f"127.0.0.1:{port}") as ch:
+            for _ in range(2):
+                results = await asyncio.gather(*(run_stream(f"127.0.0.1:{port}", HEADER, _obs, n=10, rate_hz=None,
+                                                            channel=ch) for _ in range(3)))
+                assert all(r.code == grpc.StatusCode.OK and len(r.ticks) == 10 for r in results)
+                assert _plan_threads() - before == ours
+
+
+def test_the_native_heap_is_bounded_unless_the_environment_says_otherwise(monkeypatch):
+    from xvla.runtime.native_memory import bound_native_heap
+
+    if platform.libc_ver()[0] == "glibc":
+        assert bound_native_heap() == "malloc: 2 arenas, mmap above 256 KiB"
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert "environment" in bound_native_heap()
