@@ -483,10 +483,16 @@ class RobotStream:
                 self._on_reply(reply, now)
 
         async def watchdog() -> None:
+            # Sleeps until the oldest unanswered observation's deadline (not a polling period), so a
+            # frozen server is given up on reply_timeout after it stopped answering, no later.
             while True:
-                await asyncio.sleep(min(0.05, reply_timeout / 4))
-                if outstanding and time.monotonic() - outstanding[0][1] > reply_timeout:
+                if not outstanding:
+                    await asyncio.sleep(min(0.05, reply_timeout / 4))
+                    continue
+                late = time.monotonic() - outstanding[0][1]
+                if late > reply_timeout:
                     raise StreamClosed(None, f"no reply for {reply_timeout:g} s (server hung?)")
+                await asyncio.sleep(reply_timeout - late + 0.001)
 
         tasks = [asyncio.ensure_future(c()) for c in (writer, reader, watchdog)]
         reason = "closed"

@@ -28,6 +28,8 @@ class Tick:
     source: int
     action: np.ndarray
     reply: pb.ActionReply
+    sent_s: float = float("nan")  # time.perf_counter() when the observation went out / its reply came in
+    recv_s: float = float("nan")
 
 
 @dataclass
@@ -116,8 +118,9 @@ async def run_stream(
                 result.accepted = resp.accepted
                 continue
             r = resp.action
-            tick = Tick(r.frame_index, (time.perf_counter() - sent.get(r.frame_index, float("nan"))) * 1000.0,
-                        r.source, tensor_to_numpy(r.action, "action"), r)
+            t_recv, t_sent = time.perf_counter(), sent.get(r.frame_index, float("nan"))
+            tick = Tick(r.frame_index, (t_recv - t_sent) * 1000.0, r.source, tensor_to_numpy(r.action, "action"), r,
+                        t_sent, t_recv)
             result.ticks.append(tick)
             if on_tick is not None:
                 on_tick(tick)

@@ -473,6 +473,7 @@ class StageTimings(_message.Message):
     TOTAL_MS_FIELD_NUMBER: _builtins.int
     BATCH_SIZE_FIELD_NUMBER: _builtins.int
     STAGE_MS_FIELD_NUMBER: _builtins.int
+    WALL_MS_FIELD_NUMBER: _builtins.int
     preprocess_ms: _builtins.float
     vlm_ms: _builtins.float
     geometry_ms: _builtins.float
@@ -482,6 +483,11 @@ class StageTimings(_message.Message):
     """batching window + waiting for the engine"""
     total_ms: _builtins.float
     batch_size: _builtins.int
+    wall_ms: _builtins.float
+    """Server wall clock from the observation that started this chunk to the chunk being queued:
+    the stages above plus waiting for a worker, the batch and the event loop. A tick starves
+    when this exceeds the time the plan's slack (replan_threshold frames) gave it.
+    """
     @_builtins.property
     def stage_ms(self) -> _containers.ScalarMap[_builtins.str, _builtins.float]: ...
     def __init__(
@@ -496,10 +502,11 @@ class StageTimings(_message.Message):
         total_ms: _builtins.float = ...,
         batch_size: _builtins.int = ...,
         stage_ms: _abc.Mapping[_builtins.str, _builtins.float] | None = ...,
+        wall_ms: _builtins.float = ...,
     ) -> None: ...
     _HasFieldArgType: _TypeAlias = _Never  # noqa: Y015
     def HasField(self, field_name: _HasFieldArgType) -> _builtins.bool: ...
-    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "decode_ms", b"decode_ms", "denoise_ms", b"denoise_ms", "geometry_ms", b"geometry_ms", "preprocess_ms", b"preprocess_ms", "queue_wait_ms", b"queue_wait_ms", "stage_ms", b"stage_ms", "total_ms", b"total_ms", "vlm_ms", b"vlm_ms"]  # noqa: Y015
+    _ClearFieldArgType: _TypeAlias = _typing.Literal["batch_size", b"batch_size", "decode_ms", b"decode_ms", "denoise_ms", b"denoise_ms", "geometry_ms", b"geometry_ms", "preprocess_ms", b"preprocess_ms", "queue_wait_ms", b"queue_wait_ms", "stage_ms", b"stage_ms", "total_ms", b"total_ms", "vlm_ms", b"vlm_ms", "wall_ms", b"wall_ms"]  # noqa: Y015
     def ClearField(self, field_name: _ClearFieldArgType) -> None: ...
     def WhichOneof(self, oneof_group: _Never) -> None: ...
 

@@ -82,8 +82,10 @@ _LEGACY_STAGES = ("preprocess", "vlm", "geometry", "denoise", "decode")
 def stage_timings(t: dict[str, float]) -> pb.StageTimings:
     """A chunk's timings dict (Timings.as_dict) -> the wire message: every stage in stage_ms, legacy fields too."""
     stages = {k: float(v) for k, v in t.items() if k not in ("queue_wait", "total", "batch_size")}
+    stages.pop("wall", None)
     return pb.StageTimings(**{f"{k}_ms": stages.get(k, 0.0) for k in _LEGACY_STAGES},
                            queue_wait_ms=t.get("queue_wait", 0.0), total_ms=t.get("total", 0.0),
+                           wall_ms=t.get("wall", 0.0),
                            batch_size=int(t.get("batch_size", 1)), stage_ms=stages)
 
 
@@ -257,13 +259,14 @@ class Session:
         if self.plan.config.mode is ExecutionMode.RTC and self.plan.chunks:
             d = self.plan.rtc_delay_frames(self.latency_s, self.target.control_rate_hz)
             committed = self.plan.committed(frame, d)
-        task = asyncio.get_running_loop().create_task(self._plan(obs, proprio, frame, committed))
+        t_start = time.perf_counter()  # this observation's tick: its chunk's wall time starts here
+        task = asyncio.get_running_loop().create_task(self._plan(obs, proprio, frame, committed, t_start))
         task.add_done_callback(lambda t: t.cancelled() or t.exception())  # kept in self._error, raised next tick
         self._inflight = task
 
-    async def _plan(self, obs: pb.Observation, proprio: np.ndarray, frame: int, committed: np.ndarray | None) -> None:
+    async def _plan(self, obs: pb.Observation, proprio: np.ndarray, frame: int, committed: np.ndarray | None,
+                    t0: float) -> None:
         loop = asyncio.get_running_loop()
-        t0 = time.perf_counter()
         try:
             planned: PlannedChunk = await loop.run_in_executor(
                 self.service.pool, self._plan_sync, obs, proprio, self.instruction, frame, committed)
@@ -277,6 +280,7 @@ class Session:
         current = self._waiting_frame if self._waiting_frame is not None else (
             (self._last_frame + 1) if self._last_frame is not None else frame)
         planned.timings["queue_wait"] = planned.timings.get("queue_wait", 0.0)
+        planned.timings["wall"] = elapsed * 1000.0
         self.plan.add_chunk(planned.actions, frame, current, planned.skill_id,
                             {"timings": planned.timings, "route": planned.route, "text": planned.text})
         self.chunks += 1

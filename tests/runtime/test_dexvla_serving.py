@@ -21,6 +21,7 @@ import numpy as np
 import pytest
 
 from tests.conftest import REALTIME, conformance_root
+from tests.support.realtime import assert_ticks_explained
 from xvla.benchmarks.serving import serve_in_background
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.core.images import CameraInput
@@ -133,7 +134,6 @@ async def test_infer_with_the_golden_noise_reproduces_the_official_actions_and_r
     assert bad.value.code() == grpc.StatusCode.INVALID_ARGUMENT and "session.max_new_tokens" in bad.value.details()
 
 
-@REALTIME
 @needs_goldens
 async def test_a_30hz_stream_of_300_ticks_with_a_simulated_robot_accounts_for_every_tick(dexvla_bundle):
     async with serve_in_background(dexvla_bundle) as (server, port):
@@ -157,7 +157,8 @@ async def test_a_30hz_stream_of_300_ticks_with_a_simulated_robot_accounts_for_ev
     assert len(res.ticks) == 300 and [t.frame for t in res.ticks] == list(range(300))  # one reply per tick, in order
     sources = collections.Counter(pb.ActionSource.Name(t.source) for t in res.ticks)
     assert sum(sources.values()) == 300 and sources["FIRST_CHUNK"] == 1
-    assert res.starved == res.ticks[-1].reply.starved_ticks == 0, sources
+    assert_ticks_explained(res, replan_threshold=8)  # on time, and a starved tick only behind a slow chunk
+    assert res.starved == res.ticks[-1].reply.starved_ticks, sources
     for t in res.ticks:
         assert t.action.shape == (desc.action_space.dim,) and np.all(np.isfinite(t.action))
     chunk_replies = [t.reply for t in res.ticks if t.reply.HasField("timings")]

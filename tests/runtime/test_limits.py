@@ -293,6 +293,6 @@ def test_the_native_heap_is_bounded_unless_the_environment_says_otherwise(monkey
     from xvla.runtime.native_memory import bound_native_heap
 
     if platform.libc_ver()[0] == "glibc":
-        assert bound_native_heap() == "malloc: 2 arenas, mmap above 256 KiB"
+        assert bound_native_heap() == "malloc: 2 arenas, mmap above 4 MiB"
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert "environment" in bound_native_heap()
