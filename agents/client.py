@@ -26,6 +26,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TypeVar
 
 import grpc
 from grpc import aio
@@ -35,6 +36,7 @@ from xvla.core.net import is_loopback, split_host
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 
+T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 # Codes after which another target (or a later attempt) may succeed.
@@ -541,6 +543,13 @@ class PolicyClient:
     @property
     def target(self) -> str:
         return self._aclient.target
+
+    def run_on_io_thread(self, fn: Callable[[], T], timeout: float = 5.0) -> T:
+        """Runs ``fn`` on the thread that does this client's gRPC work (e.g. to set its scheduling)."""
+        async def call() -> T:
+            return fn()
+
+        return self._call(call(), timeout)
 
     def describe(self, timeout: float | None = None) -> pb.DescribeResponse:
         t = timeout or self.config.rpc_timeout_s

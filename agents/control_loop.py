@@ -183,6 +183,8 @@ class ControlLoop:
             t_sub = self._submitted.pop(frame, None)
             if t_sub is not None:
                 st.rtt_ms.append((t_recv - t_sub) * 1e3)
+            if self._last_answer_t is not None:
+                st.longest_silence_s = max(st.longest_silence_s, t_recv - self._last_answer_t)
             self._last_answer_t = t_recv
             if chunk is not None:  # the remaining plan: row 0 is for the frame after this one
                 self._plan = Plan(frame + 1, chunk)
@@ -194,8 +196,11 @@ class ControlLoop:
 
     # -- encoder thread ------------------------------------------------------------------
     def _encode_loop(self) -> None:
-        # Not niced: the loop thread needs the GIL this thread holds between numpy calls, and a
-        # demoted GIL holder preempted by other processes would stall the loop (priority inversion).
+        # Raised just below the loop thread: the loop needs the GIL this thread holds between numpy
+        # calls, and a GIL holder preempted by other processes would stall the loop (priority inversion).
+        prio = self.config.realtime_priority
+        if prio is not None:
+            raise_current_thread(max(1, prio - 1))
         while not self._stop.is_set():
             item = self._slot.take(0.05)
             if item is None:
@@ -245,17 +250,37 @@ class ControlLoop:
             reply = entry[0]
             if reply.source == pb.HOLD:
                 st.server_hold_ticks += 1
-                return SAFE, safe_action(self.robot.layout, obs.state, self._last_action)
+                return self._safe(obs, "server_hold")
             action = self._valid_action(reply)
             if action is not None:
                 return FRESH, action
         else:
             st.missed_deadlines += 1
-        now = time.monotonic()
-        if plan is not None and last_t is not None and now - last_t <= self.config.hold_timeout_s and not self._dim_error:
-            a = plan.action_for(frame)
-            if a is not None and a.shape == (self.robot.layout.dim,) and np.all(np.isfinite(a)):
-                return PLAN, np.asarray(a, dtype=np.float32)
+        if self._dim_error:
+            return self._safe(obs, "mismatch")
+        if plan is None or last_t is None:
+            return self._safe(obs, "cold_start")
+        if time.monotonic() - last_t > self.config.hold_timeout_s:
+            return self._safe(obs, "stale_plan")
+        a = plan.action_for(frame)
+        if a is None:
+            return self._safe(obs, "beyond_plan")
+        if a.shape != (self.robot.layout.dim,) or not np.all(np.isfinite(a)):
+            return self._safe(obs, "invalid_plan")
+        return PLAN, np.asarray(a, dtype=np.float32)
+
+    def _warm_up(self) -> None:
+        """One observation read and encoded (not sent) before the clock starts: first-call costs
+        (buffers, lazy imports, the resize filters) land here, not in the first ticks' slots."""
+        if self.policy is None:
+            return
+        try:
+            self._encoder.encode(-1, self.robot.read_observation())
+        except Exception as e:  # noqa: BLE001 - the loop's own reads report sensor trouble
+            log.debug("warm-up read failed: %s", e)
+
+    def _safe(self, obs: RobotObservation, reason: str) -> tuple[str, np.ndarray]:
+        self.stats.record_safe(reason)
         return SAFE, safe_action(self.robot.layout, obs.state, self._last_action)
 
     def _valid_action(self, reply: pb.ActionReply) -> np.ndarray | None:
@@ -283,9 +308,14 @@ class ControlLoop:
         if cfg.switch_interval_s:
             sys.setswitchinterval(cfg.switch_interval_s)
         st = self.stats
-        undo_sched = lambda: None  # noqa: E731
+        undo: list[Callable[[], None]] = []
         if cfg.realtime_priority is not None:
-            st.scheduling, undo_sched = raise_current_thread(cfg.realtime_priority)
+            st.scheduling, undo_loop = raise_current_thread(cfg.realtime_priority)
+            # the gRPC thread holds the GIL too (serialising, callbacks): same reason as the encoder's
+            io_prio = max(1, cfg.realtime_priority - 1)
+            _, undo_io = self.client.run_on_io_thread(lambda: raise_current_thread(io_prio))
+            undo += [undo_loop, lambda: self.client.run_on_io_thread(undo_io)]
+        self._warm_up()
         t0 = time.monotonic()
         k = 0
         last_obs: RobotObservation | None = None
@@ -301,6 +331,8 @@ class ControlLoop:
                     if n_slots is not None:
                         behind = min(behind, n_slots - k)
                     st.skipped_ticks += behind
+                    st.skips.append((k, round((now - t_sched) * 1e3, 2), round(st.tick_work_ms[-1], 2)
+                                     if st.tick_work_ms else 0.0))
                     k += behind
                     if n_slots is not None and k >= n_slots:
                         break
@@ -328,7 +360,7 @@ class ControlLoop:
                     kind, action = self._choose(frame, obs, t_sched + cfg.reply_deadline_s)
                 else:  # nothing to send: hold still on the last good reading
                     st.missed_deadlines += 1
-                    kind, action = SAFE, safe_action(self.robot.layout, last_obs.state, self._last_action)
+                    kind, action = self._safe(last_obs, "sensor_error")
                 t_apply, c_apply = time.perf_counter(), time.thread_time()
                 self.robot.apply_action(action)
                 robot_s += time.perf_counter() - t_apply
@@ -346,8 +378,12 @@ class ControlLoop:
                 k += 1
         finally:
             st.duration_s = time.monotonic() - t0
+            with self._cond:  # a silence the run ended in counts too
+                if self._last_answer_t is not None:
+                    st.longest_silence_s = max(st.longest_silence_s, time.monotonic() - self._last_answer_t)
             sys.setswitchinterval(old_switch)
-            undo_sched()
+            for fn in undo:
+                fn()
             self._stop.set()
             encoder.join(2.0)
             stream, self._stream = self._stream, None

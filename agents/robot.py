@@ -39,7 +39,10 @@ class RobotObservation:
 
 @runtime_checkable
 class Robot(Protocol):
-    """A robot the agent can drive. ``apply_action`` must not block longer than a tick."""
+    """A robot the agent can drive. ``apply_action`` must not block longer than a tick.
+
+    ``read_observation`` has no side effects: the loop reads once before its clock starts (a
+    warm-up, never sent or acted on), then once per tick."""
 
     layout: ActionLayout
 

@@ -39,7 +39,13 @@ class ControlStats:
     plan_ticks: int = 0  # answer late or lost: executed the held plan
     safe_ticks: int = 0  # executed the safe action (no usable plan, timeout, or server HOLD)
     server_hold_ticks: int = 0  # of safe_ticks: the server itself said HOLD
+    # why each safe tick was safe: cold_start (no answer yet), server_hold, stale_plan (no answer for
+    # hold_timeout_s), beyond_plan (the plan ran out), invalid_plan, mismatch, sensor_error
+    safe_reasons: dict[str, int] = field(default_factory=dict)
+    longest_silence_s: float = 0.0  # the longest wait between two consecutive answers
     skipped_ticks: int = 0  # clock slots the loop never ran (it fell a whole period behind)
+    # each time it fell behind: (first slot lost, how late the loop woke in ms, the previous tick's work in ms)
+    skips: list[tuple[int, float, float]] = field(default_factory=list)
     missed_deadlines: int = 0  # ticks whose answer was not there by the reply deadline
     overruns: int = 0  # ticks whose own work took longer than one period
     replies: int = 0
@@ -98,6 +104,9 @@ class ControlStats:
         else:
             raise ValueError(f"unknown tick kind {kind!r}")
 
+    def record_safe(self, reason: str) -> None:
+        self.safe_reasons[reason] = self.safe_reasons.get(reason, 0) + 1
+
     def accounted(self) -> bool:
         return self.ticks == self.fresh_ticks + self.plan_ticks + self.safe_ticks == len(self.timeline)
 
@@ -110,7 +119,10 @@ class ControlStats:
             "plan_ticks": self.plan_ticks,
             "safe_ticks": self.safe_ticks,
             "server_hold_ticks": self.server_hold_ticks,
+            "safe_reasons": dict(self.safe_reasons),
+            "longest_silence_s": round(self.longest_silence_s, 3),
             "skipped_ticks": self.skipped_ticks,
+            "skips": [list(x) for x in self.skips[:100]],
             "missed_deadlines": self.missed_deadlines,
             "overruns": self.overruns,
             "replies": self.replies,
@@ -173,9 +185,10 @@ class ControlStats:
             f"control loop: {self.ticks} ticks in {self.duration_s:.2f} s at {self.rate_hz:g} Hz ({slots} slots,"
             f" thread {self.scheduling})",
             f"  executed      fresh {self.fresh_ticks}  plan {self.plan_ticks}  safe {self.safe_ticks}"
-            f" (server HOLD {self.server_hold_ticks})",
+            + (f" ({', '.join(f'{k} {v}' for k, v in sorted(self.safe_reasons.items()))})" if self.safe_reasons else ""),
             f"  timing        skipped {self.skipped_ticks}  overruns {self.overruns}  missed deadlines {self.missed_deadlines}",
             f"  replies       {self.replies}  late {self.late_replies}  invalid {self.invalid_replies}  starved {self.starved_replies}"
+            f"  longest silence {self.longest_silence_s:.2f} s"
             + (f"  sensor errors {self.sensor_errors}" if self.sensor_errors else ""),
             f"  observations  sent {self.observations_sent}  dropped {self.observations_dropped}  lost {self.observations_lost}",
             f"  sessions      {self.sessions}  reconnects {self.reconnects}  connect failures {self.connect_failures}"

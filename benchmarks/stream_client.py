@@ -91,8 +91,14 @@ async def run_stream(
     next_ok = asyncio.Event()
     next_ok.set()
 
+    accepted = asyncio.Event()
+
     async def requests():
         yield pb.StreamRequest(header=header)
+        # Observations only once the session is accepted, as the agent does: a header the server
+        # refuses then ends the call with that status, instead of racing a write against it
+        # (grpc.aio reports the loser as INTERNAL "Internal error from Core").
+        await accepted.wait()
         period = 1.0 / rate_hz if rate_hz else 0.0
         t0 = time.perf_counter()
         for i in range(n):
@@ -116,6 +122,7 @@ async def run_stream(
         async for resp in call:
             if resp.WhichOneof("msg") == "accepted":
                 result.accepted = resp.accepted
+                accepted.set()
                 continue
             r = resp.action
             t_recv, t_sent = time.perf_counter(), sent.get(r.frame_index, float("nan"))

@@ -34,3 +34,16 @@ def assert_ticks_explained(res: StreamResult, replan_threshold: int) -> None:
             assert t.reply.timings.wall_ms >= allowed_ms - 1.0, (
                 f"frame {t.frame} starved although its chunk (planned from frame {p}) took "
                 f"{t.reply.timings.wall_ms:.0f} ms of the {allowed_ms:.0f} ms the robot's clock allowed")
+
+
+def assert_safe_ticks_explained(st: dict, hold_timeout_s: float = 0.5) -> None:
+    """A control loop's safe ticks (``ControlStats.summary()`` + timeline) have causes in its record:
+    the cold start (only before the first answer, so only at the beginning) or the service going
+    silent for longer than the hold timeout; never a plan that ran out or a mismatch."""
+    reasons = st["safe_reasons"]
+    assert sum(reasons.values()) == st["safe_ticks"], st
+    assert set(reasons) <= {"cold_start", "stale_plan"}, reasons
+    cold = reasons.get("cold_start", 0)
+    assert st["timeline"][:cold] == "S" * cold, "cold-start safe ticks after the first answer"
+    if reasons.get("stale_plan"):
+        assert st["longest_silence_s"] > hold_timeout_s, (reasons, st["longest_silence_s"])
