@@ -21,6 +21,7 @@ import json
 import os
 import sys
 import time
+from collections import Counter
 from pathlib import Path
 
 import grpc
@@ -31,6 +32,20 @@ from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
 from xvla.runtime.serve_process import start_xvla_serve, wait_serving
+
+
+def _thread_names(pid: int) -> Counter:
+    names: Counter = Counter()
+    for comm in Path(f"/proc/{pid}/task").glob("*/comm"):
+        try:
+            names[comm.read_text().strip().rstrip("0123456789_-")] += 1
+        except OSError:  # the thread ended while we looked
+            pass
+    return names
+
+
+def _changes(first: Counter, last: Counter) -> dict[str, dict[str, int]]:
+    return {"started": dict(last - first), "ended": dict(first - last)}
 
 
 async def soak(target: str, pid: int, robots: int, seconds: float, sample_s: float, rate: float,
@@ -74,6 +89,7 @@ async def soak(target: str, pid: int, robots: int, seconds: float, sample_s: flo
                             "p99_ms": round(float(np.percentile(lat, 99)), 2) if lat else None})
             print(json.dumps(samples[-1]), flush=True)
 
+    names_first = _thread_names(pid)
     s = asyncio.ensure_future(sampler())
     results = await asyncio.gather(*(robot(i) for i in range(robots)))
     s.cancel()
@@ -87,6 +103,8 @@ async def soak(target: str, pid: int, robots: int, seconds: float, sample_s: flo
         "rss_growth_pct": round(100.0 * (last["rss_mb"] - first["rss_mb"]) / first["rss_mb"], 2) if samples else None,
         "fds_first_last": [first.get("fds"), last.get("fds")], "threads_first_last": [first.get("threads"), last.get("threads")],
         "p99_first_last_ms": [first.get("p99_ms"), last.get("p99_ms")],
+        # threads by name (the numbered part dropped) that came or went between the start and the end
+        "thread_changes": _changes(names_first, _thread_names(pid)),
         "machine": {"cpus": os.cpu_count(), "load_avg": os.getloadavg()},
     }
 
