@@ -82,6 +82,12 @@ class ListenerSecurity:
             return None
         ctx = ssl.create_default_context(ssl.Purpose.CLIENT_AUTH)
         ctx.minimum_version = ssl.TLSVersion.TLSv1_2
+        # No TLS 1.3 session tickets. They arrive after the handshake, while a threaded client
+        # (websockets.sync, i.e. openpi's client) reads on one thread and writes its upgrade request
+        # on another, racing on one OpenSSL object: 2 of 1,800 mTLS connects here lost the
+        # handshake (timeout / "[SSL] internal error"), 0 of 2,100 without tickets. Robots keep
+        # their connection, so resumption buys nothing.
+        ctx.num_tickets = 0
         ctx.load_cert_chain(str(self.tls_cert), str(self.tls_key))
         if self.tls_client_ca is not None:
             ctx.load_verify_locations(str(self.tls_client_ca))

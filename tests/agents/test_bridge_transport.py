@@ -208,8 +208,10 @@ def test_openpi_bridge_over_mutual_tls_requires_cert_and_token(server, loop, pki
 
     from xvla.agents.bridges.openpi_ws import OpenpiBridge
 
+    security = _security(pki, mtls=True)
+    assert security.ssl_context().num_tickets == 0  # no post-handshake tickets racing a threaded client
     b = OpenpiBridge(ClientConfig([server.target], connect_timeout_s=1.0),
-                     BridgeConfig(host="127.0.0.1", port=0, security=_security(pki, mtls=True)))
+                     BridgeConfig(host="127.0.0.1", port=0, security=security))
     loop.run(b.start())
     try:
         url = f"wss://localhost:{b.port}"
