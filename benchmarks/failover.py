@@ -25,6 +25,7 @@ from pathlib import Path
 
 import numpy as np
 
+from xvla.runtime.artifacts import ensure_bundle
 from xvla.runtime.serve_process import ServerProcess, child_env, free_port, wait_serving
 
 
@@ -96,11 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--logs", type=Path, default=Path("failover-logs"))
     a = ap.parse_args(argv)
     if a.bundle is None:  # the simulated robot is an R1Pro: a 23-d policy
-        a.bundle = a.artifacts / "tiny-r1pro"
-        if not (a.bundle / "manifest.json").is_file():
-            from xvla.export.policies.xvla.bundle_writer import export_bundle, preset_model
-
-            export_bundle(preset_model("tiny-r1pro", 0), a.bundle)
+        a.bundle = ensure_bundle("tiny-r1pro", a.artifacts)
     a.logs.mkdir(parents=True, exist_ok=True)
     replicas = [_start(a.bundle, a.logs, i) for i in range(a.replicas)]
     for r in replicas:

@@ -31,6 +31,7 @@ import psutil
 from xvla.benchmarks.stream_client import run_stream, synthetic_observation
 from xvla.proto import policy_pb2 as pb
 from xvla.proto import policy_pb2_grpc as pb_grpc
+from xvla.runtime.artifacts import ensure_bundle
 from xvla.runtime.serve_process import start_xvla_serve, wait_serving
 
 
@@ -122,11 +123,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--log", type=Path, help="the server's log (default: ARTIFACTS/soak-serve.log)")
     ap.add_argument("--json", type=Path)
     a = ap.parse_args(argv)
-    bundle = a.bundle or a.artifacts / "tiny-r1pro"
-    if not (bundle / "manifest.json").is_file():
-        from xvla.export.policies.xvla.bundle_writer import export_bundle, preset_model
-
-        export_bundle(preset_model("tiny-r1pro", 0), bundle)
+    bundle = a.bundle or ensure_bundle("tiny-r1pro", a.artifacts)
     server = wait_serving(start_xvla_serve(bundle, a.log or a.artifacts / "soak-serve.log", metrics=False,
                                            extra_args=("--max-sessions", str(max(64, a.robots)))), timeout=600)
     try:

@@ -81,8 +81,7 @@ _LEGACY_STAGES = ("preprocess", "vlm", "geometry", "denoise", "decode")
 
 def stage_timings(t: dict[str, float]) -> pb.StageTimings:
     """A chunk's timings dict (Timings.as_dict) -> the wire message: every stage in stage_ms, legacy fields too."""
-    stages = {k: float(v) for k, v in t.items() if k not in ("queue_wait", "total", "batch_size")}
-    stages.pop("wall", None)
+    stages = {k: float(v) for k, v in t.items() if k not in ("queue_wait", "total", "wall", "batch_size")}
     return pb.StageTimings(**{f"{k}_ms": stages.get(k, 0.0) for k in _LEGACY_STAGES},
                            queue_wait_ms=t.get("queue_wait", 0.0), total_ms=t.get("total", 0.0),
                            wall_ms=t.get("wall", 0.0),

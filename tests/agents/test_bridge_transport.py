@@ -10,24 +10,12 @@ import pytest
 import zmq
 import zmq.auth
 
-from tests.agents.fake_server import FakeServer, fake_action
-from tests.agents.helpers import LoopThread, behavior_observation
+from tests.agents.fake_server import fake_action
+from tests.agents.helpers import behavior_observation
 from xvla.agents.bridges.codecs import packb, unpackb
 from xvla.agents.bridges.core import BridgeConfig
 from xvla.agents.bridges.zmq_bridge import CurveConfig, ZmqBridge
 from xvla.agents.client import ClientConfig
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def loop():
-    with LoopThread() as lt:
-        yield lt
 
 
 @pytest.fixture

@@ -15,7 +15,7 @@ from websockets.exceptions import ConnectionClosedError
 from websockets.sync.client import connect as ws_connect
 
 from tests.agents.fake_server import HORIZON, FakeBehaviour, FakeServer, fake_action, fake_chunk
-from tests.agents.helpers import LoopThread, behavior_observation, free_port
+from tests.agents.helpers import behavior_observation, free_port
 from xvla.agents.bridges.codecs import ArrayStyle, json_numpy_dumps, packb, unpackb
 from xvla.agents.bridges.core import BridgeConfig
 from xvla.agents.bridges.http_act import HttpActBridge
@@ -25,18 +25,6 @@ from xvla.agents.client import ClientConfig
 
 REPO = Path(__file__).resolve().parents[2]
 OPENPI_PY = REPO / ".venv-openpi" / "bin" / "python"
-
-
-@pytest.fixture(scope="module")
-def server():
-    with FakeServer() as s:
-        yield s
-
-
-@pytest.fixture(scope="module")
-def loop():
-    with LoopThread() as lt:
-        yield lt
 
 
 def _client(server) -> ClientConfig:
